@@ -1,0 +1,89 @@
+# mephisto-router: every build, test, install and run target.
+#
+#   make            dependencies (first time: Debian packages and a static
+#                   libwebsockets with libevent, see dist/deps.sh), then the binary
+#   make run        build, then run the router on the embedded default config
+#   make test       build, then unit and integration tests
+#   make asan       the same binary with AddressSanitizer + UBSan (build/asan/)
+#   make test-asan  unit and integration tests against the ASan build
+#   make install    binary to $(PREFIX)/bin, systemd unit to /etc/systemd/system
+
+VERSION := 0.1.0
+OUT ?= build
+DEPS := build/deps
+LWS := $(DEPS)/lws
+DEPS_STAMP := $(DEPS)/.done
+PREFIX ?= /usr/local
+PYTHON ?= /usr/bin/python3
+
+CC ?= gcc
+SAN_FLAGS ?=
+CFLAGS := -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g \
+	-DMR_VERSION='"$(VERSION)"' -I$(LWS)/include $(SAN_FLAGS) -MMD -MP
+LDFLAGS := $(SAN_FLAGS)
+LIBS := $(LWS)/lib/libwebsockets.a -levent_core -lmsgpackc -lsqlite3 \
+	-ljansson -lz -lcap -lssl -lcrypto -lpthread -lm
+
+CORE_SRC := $(wildcard core/*.c)
+ROUTER_SRC := $(CORE_SRC) $(wildcard worker/*.c) $(wildcard supervisor/*.c) \
+	cmd/mephisto-router.c
+ROUTER_OBJ := $(ROUTER_SRC:%.c=$(OUT)/obj/%.o) $(OUT)/obj/supervisor/schema.o
+CORE_OBJ := $(CORE_SRC:%.c=$(OUT)/obj/%.o)
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(OUT)/tests/%,$(wildcard tests/unit/test_*.c))
+
+.PHONY: all deps run test test-unit test-integration asan test-asan install clean
+
+all: $(OUT)/mephisto-router
+
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP): dist/deps.sh
+	bash dist/deps.sh build
+	@touch $@
+
+$(OUT)/obj/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# schema.sql is embedded with .incbin, so the object depends on it.
+$(OUT)/obj/supervisor/schema.o: supervisor/schema.S schema.sql
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
+
+$(OUT)/mephisto-router: $(ROUTER_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(OUT)/tests/test_%: tests/unit/test_%.c $(CORE_OBJ) $(OUT)/obj/supervisor/store.o \
+		$(OUT)/obj/supervisor/schema.o | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ -lcmocka $(LIBS) $(LDFLAGS)
+
+run: all
+	./$(OUT)/mephisto-router
+
+test: test-unit test-integration
+
+test-unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ./$$t; done
+
+test-integration: all
+	MEPHISTO_ROUTER_BIN=$(abspath $(OUT)/mephisto-router) \
+		$(PYTHON) -m pytest -q tests/integration
+
+asan:
+	$(MAKE) OUT=build/asan SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+
+test-asan:
+	$(MAKE) OUT=build/asan SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+install: all
+	install -D -m 0755 $(OUT)/mephisto-router $(DESTDIR)$(PREFIX)/bin/mephisto-router
+	install -D -m 0644 dist/systemd/mephisto-router.service \
+		$(DESTDIR)/etc/systemd/system/mephisto-router.service
+	@test -e $(DESTDIR)/etc/mephisto-router.conf || \
+		install -D -m 0644 dist/mephisto-router.conf $(DESTDIR)/etc/mephisto-router.conf
+
+clean:
+	rm -rf $(OUT)/obj $(OUT)/tests $(OUT)/mephisto-router build/asan
+
+-include $(shell find $(OUT)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,93 @@
+/* mephisto-router: command line and wiring only. */
+#include "../core/config.h"
+#include "../core/log.h"
+#include "../supervisor/supervisor.h"
+#include "../worker/worker.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: mephisto-router [--config FILE] [--check-config]\n"
+		"       mephisto-router --help | --version\n"
+		"\n"
+		"A Mephisto router: serves task pages, turns HTTP requests into packets\n"
+		"and routes packets between workers' browsers and the Mephisto backend.\n"
+		"\n"
+		"  --config FILE    read 'key = value' settings from FILE (README.md lists\n"
+		"                   every key); without it the embedded default is used:\n"
+		"                   port 3000, static files from ./static, state in\n"
+		"                   ./mephisto-router.db, uploads in /tmp/, one worker per CPU\n"
+		"  --check-config   validate the configuration, print it and exit\n"
+		"  --help           this text\n"
+		"  --version        print the version\n"
+		"\n"
+		"The environment variable PORT overrides the port. Signals: SIGHUP re-reads\n"
+		"the config file, SIGTERM or SIGINT drain and stop.\n"
+		"Exit codes: 0 stopped cleanly, 1 internal error, 2 configuration error.\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'k' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "worker", required_argument, NULL, 'w' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_path = NULL;
+	int check_only = 0, worker = 0, opt;
+	struct config cfg;
+	char err[1024];
+
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config_path = optarg; break;
+		case 'k': check_only = 1; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("mephisto-router %s\n", MR_VERSION); return 0;
+		case 'w':
+			worker = atoi(optarg);
+			if (worker < 1 || worker > CONFIG_MAX_WORKERS) {
+				fprintf(stderr, "mephisto-router: bad worker slot '%s'\n", optarg);
+				return EXIT_CONFIG;
+			}
+			break;
+		default:
+			fprintf(stderr, "mephisto-router: unknown option '%s' (see --help)\n",
+				argv[optind - 1]);
+			return EXIT_CONFIG;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mephisto-router: unexpected argument '%s' (see --help)\n",
+			argv[optind]);
+		return EXIT_CONFIG;
+	}
+	/* Workers get their config from the supervisor over IPC. */
+	if (worker > 0)
+		return worker_main(worker);
+
+	config_defaults(&cfg);
+	if ((config_path != NULL && config_load_file(&cfg, config_path, err, sizeof err) < 0) ||
+	    config_apply_env(&cfg, err, sizeof err) < 0) {
+		fprintf(stderr, "mephisto-router: %s\n", err);
+		return EXIT_CONFIG;
+	}
+	if (check_only) {
+		char *text = config_format(&cfg);
+		printf("# %s: ok\n%s", config_path ? config_path : "embedded default", text);
+		free(text);
+		return 0;
+	}
+	/* /proc/self/exe stays this very binary even if the file is replaced,
+	 * so respawned workers always speak this supervisor's IPC version. */
+	return supervisor_main(&cfg, config_path, "/proc/self/exe");
+}

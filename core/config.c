@@ -1,0 +1,380 @@
+#include "config.h"
+
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum key_type { KEY_INT, KEY_SIZE, KEY_SECONDS, KEY_PATH, KEY_ADDRESS, KEY_LOG_LEVEL };
+
+struct key {
+	const char *name;
+	enum key_type type;
+	size_t offset;
+	const char *default_value;
+	double min, max;
+	int reloadable; /* SIGHUP applies a new value to the running router */
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+/* The single list of keys. README's configuration table follows it. */
+static const struct key keys[] = {
+	{ "port", KEY_INT, OFF(port), "3000", 1, 65535, 0 },
+	{ "listen_address", KEY_ADDRESS, OFF(listen_address), "0.0.0.0", 0, 0, 0 },
+	{ "workers", KEY_INT, OFF(workers), "0", 0, CONFIG_MAX_WORKERS, 1 },
+	{ "static_dir", KEY_PATH, OFF(static_dir), "./static", 0, 0, 0 },
+	{ "upload_dir", KEY_PATH, OFF(upload_dir), "/tmp/", 0, 0, 0 },
+	{ "state_path", KEY_PATH, OFF(state_path), "./mephisto-router.db", 0, 0, 0 },
+	{ "log_level", KEY_LOG_LEVEL, OFF(log_level), "info", 0, 0, 1 },
+	{ "max_connections", KEY_SIZE, OFF(max_connections), "10000", 1, 1e7, 0 },
+	{ "max_message_bytes", KEY_SIZE, OFF(max_message_bytes), "1M", 256, 1 << 30, 0 },
+	{ "max_header_bytes", KEY_SIZE, OFF(max_header_bytes), "8K", 1024, 1 << 20, 0 },
+	{ "ipc_buffer_bytes", KEY_SIZE, OFF(ipc_buffer_bytes), "16M", 65536, 1 << 30, 0 },
+	{ "shutdown_timeout", KEY_SECONDS, OFF(shutdown_timeout), "5", 0, 3600, 1 },
+	{ "respawn_max_delay", KEY_SECONDS, OFF(respawn_max_delay), "10", 0.01, 3600, 1 },
+};
+
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+static const struct key *key_find(const char *name)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+static int parse_number(const struct key *k, const char *v, double *out,
+			char *why, size_t whylen)
+{
+	char *end;
+	double mult = 1;
+
+	errno = 0;
+	if (k->type == KEY_SECONDS) {
+		*out = strtod(v, &end);
+	} else {
+		long long n = strtoll(v, &end, 10);
+		*out = (double)n;
+	}
+	if (end == v || errno != 0 || !isfinite(*out)) {
+		snprintf(why, whylen, "expected a number");
+		return -1;
+	}
+	if (k->type == KEY_SIZE && *end != '\0' && end[1] == '\0') {
+		switch (*end) {
+		case 'k': case 'K': mult = 1024.0; end++; break;
+		case 'm': case 'M': mult = 1024.0 * 1024; end++; break;
+		case 'g': case 'G': mult = 1024.0 * 1024 * 1024; end++; break;
+		}
+	}
+	if (*end != '\0') {
+		snprintf(why, whylen, "%s",
+			 k->type == KEY_SIZE ? "expected a number with an optional K, M or G"
+			 : k->type == KEY_SECONDS ? "expected seconds"
+			 : "expected an integer");
+		return -1;
+	}
+	*out *= mult;
+	if (*out < k->min || *out > k->max) {
+		snprintf(why, whylen, "must be between %.15g and %.15g", k->min, k->max);
+		return -1;
+	}
+	return 0;
+}
+
+int config_set(struct config *c, const char *key, const char *value,
+	       char *err, size_t errlen)
+{
+	const struct key *k = key_find(key);
+	char *field;
+	char why[128] = "";
+	double num;
+
+	if (k == NULL) {
+		snprintf(err, errlen, "unknown key '%s'", key);
+		return -1;
+	}
+	field = (char *)c + k->offset;
+	switch (k->type) {
+	case KEY_INT:
+	case KEY_SIZE:
+	case KEY_SECONDS:
+		if (parse_number(k, value, &num, why, sizeof why) < 0)
+			goto invalid;
+		if (k->type == KEY_INT)
+			*(int *)(void *)field = (int)num;
+		else if (k->type == KEY_SIZE)
+			*(int64_t *)(void *)field = (int64_t)num;
+		else
+			*(double *)(void *)field = num;
+		return 0;
+	case KEY_PATH:
+		if (value[0] == '\0' || strlen(value) >= PATH_MAX) {
+			snprintf(why, sizeof why, "expected a non-empty path");
+			goto invalid;
+		}
+		strcpy(field, value);
+		return 0;
+	case KEY_ADDRESS: {
+		unsigned char buf[sizeof(struct in6_addr)];
+		if (strlen(value) >= sizeof c->listen_address ||
+		    (inet_pton(AF_INET, value, buf) != 1 &&
+		     inet_pton(AF_INET6, value, buf) != 1)) {
+			snprintf(why, sizeof why, "expected an IPv4 or IPv6 address");
+			goto invalid;
+		}
+		strcpy(field, value);
+		return 0;
+	}
+	case KEY_LOG_LEVEL: {
+		enum log_level level;
+		if (log_level_parse(value, &level) < 0) {
+			snprintf(why, sizeof why, "expected error, warn, info or debug");
+			goto invalid;
+		}
+		*(int *)(void *)field = (int)level;
+		return 0;
+	}
+	}
+invalid:
+	snprintf(err, errlen, "%s: invalid value '%s' (%s)", key, value, why);
+	return -1;
+}
+
+void config_defaults(struct config *c)
+{
+	char err[256];
+
+	memset(c, 0, sizeof *c);
+	for (size_t i = 0; i < NKEYS; i++)
+		if (config_set(c, keys[i].name, keys[i].default_value, err,
+			       sizeof err) < 0)
+			fatal("bad built-in default: %s", err);
+}
+
+static char *trim(char *s)
+{
+	char *end;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+int config_parse(struct config *c, const char *text, const char *name,
+		 char *err, size_t errlen)
+{
+	char seen[NKEYS] = { 0 };
+	char *copy = strdup(text), *line, *next;
+	int lineno = 0, rc = 0;
+
+	if (copy == NULL)
+		fatal("out of memory");
+	for (line = copy; line != NULL && rc == 0; line = next) {
+		char *eq, *key, *value, why[512];
+		const struct key *k;
+
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		lineno++;
+		line = trim(line);
+		if (line[0] == '\0' || line[0] == '#')
+			continue;
+		eq = strchr(line, '=');
+		if (eq == NULL) {
+			snprintf(err, errlen, "%s:%d: expected 'key = value', got '%.60s'",
+				 name, lineno, line);
+			rc = -1;
+			break;
+		}
+		*eq = '\0';
+		key = trim(line);
+		value = trim(eq + 1);
+		k = key_find(key);
+		if (k != NULL && seen[k - keys]) {
+			snprintf(err, errlen, "%s:%d: duplicated key '%s'", name,
+				 lineno, key);
+			rc = -1;
+		} else if (config_set(c, key, value, why, sizeof why) < 0) {
+			snprintf(err, errlen, "%s:%d: %s", name, lineno, why);
+			rc = -1;
+		} else {
+			seen[k - keys] = 1;
+		}
+	}
+	free(copy);
+	return rc;
+}
+
+int config_load_file(struct config *c, const char *path, char *err,
+		     size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	char *text;
+	long size = 0;
+	int rc;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "cannot read config file %s: %s", path,
+			 strerror(errno));
+		return -1;
+	}
+	if (fseek(f, 0, SEEK_END) < 0 || (size = ftell(f)) < 0 ||
+	    fseek(f, 0, SEEK_SET) < 0 || size > 1 << 20) {
+		snprintf(err, errlen, "cannot read config file %s: %s", path,
+			 size > 1 << 20 ? "larger than 1 MiB" : strerror(errno));
+		fclose(f);
+		return -1;
+	}
+	text = malloc((size_t)size + 1);
+	if (text == NULL)
+		fatal("out of memory");
+	if (fread(text, 1, (size_t)size, f) != (size_t)size) {
+		snprintf(err, errlen, "cannot read config file %s", path);
+		free(text);
+		fclose(f);
+		return -1;
+	}
+	text[size] = '\0';
+	fclose(f);
+	if (strlen(text) != (size_t)size) {
+		snprintf(err, errlen, "%s: config file contains a NUL byte", path);
+		free(text);
+		return -1;
+	}
+	rc = config_parse(c, text, path, err, errlen);
+	free(text);
+	return rc;
+}
+
+int config_apply_env(struct config *c, char *err, size_t errlen)
+{
+	const char *port = getenv("PORT");
+	char why[256];
+
+	if (port == NULL || port[0] == '\0')
+		return 0;
+	if (config_set(c, "port", port, why, sizeof why) < 0) {
+		snprintf(err, errlen, "environment variable PORT: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
+static void format_value(const struct config *c, const struct key *k,
+			 char *out, size_t outlen)
+{
+	const char *field = (const char *)c + k->offset;
+
+	switch (k->type) {
+	case KEY_INT:
+		snprintf(out, outlen, "%d", *(const int *)(const void *)field);
+		break;
+	case KEY_SIZE:
+		snprintf(out, outlen, "%lld",
+			 (long long)*(const int64_t *)(const void *)field);
+		break;
+	case KEY_SECONDS:
+		snprintf(out, outlen, "%.17g", *(const double *)(const void *)field);
+		break;
+	case KEY_PATH:
+	case KEY_ADDRESS:
+		snprintf(out, outlen, "%s", field);
+		break;
+	case KEY_LOG_LEVEL:
+		snprintf(out, outlen, "%s",
+			 log_level_name((enum log_level)*(const int *)(const void *)field));
+		break;
+	}
+}
+
+char *config_format(const struct config *c)
+{
+	size_t cap = 256, len = 0;
+	char *out = malloc(cap);
+
+	if (out == NULL)
+		fatal("out of memory");
+	for (size_t i = 0; i < NKEYS; i++) {
+		char value[PATH_MAX + 64];
+		size_t need;
+
+		format_value(c, &keys[i], value, sizeof value);
+		need = strlen(keys[i].name) + strlen(value) + 5;
+		while (len + need + 1 > cap) {
+			cap *= 2;
+			out = realloc(out, cap);
+			if (out == NULL)
+				fatal("out of memory");
+		}
+		len += (size_t)sprintf(out + len, "%s = %s\n", keys[i].name, value);
+	}
+	out[len] = '\0';
+	return out;
+}
+
+static size_t field_size(enum key_type type)
+{
+	switch (type) {
+	case KEY_INT:
+	case KEY_LOG_LEVEL: return sizeof(int);
+	case KEY_SIZE: return sizeof(int64_t);
+	case KEY_SECONDS: return sizeof(double);
+	case KEY_PATH: return PATH_MAX;
+	case KEY_ADDRESS: return sizeof ((struct config *)0)->listen_address;
+	}
+	return 0;
+}
+
+int config_reload(struct config *running, const struct config *loaded,
+		  char *restart_keys, size_t len)
+{
+	int count = 0;
+	size_t used = 0;
+
+	if (len > 0)
+		restart_keys[0] = '\0';
+	for (size_t i = 0; i < NKEYS; i++) {
+		char *dst = (char *)running + keys[i].offset;
+		const char *src = (const char *)loaded + keys[i].offset;
+		size_t size = field_size(keys[i].type);
+		int is_text = keys[i].type == KEY_PATH || keys[i].type == KEY_ADDRESS;
+
+		if (is_text ? strcmp(dst, src) == 0 : memcmp(dst, src, size) == 0)
+			continue;
+		if (keys[i].reloadable) {
+			memcpy(dst, src, size);
+			continue;
+		}
+		if (used < len)
+			used += (size_t)snprintf(restart_keys + used, len - used,
+						 "%s%s", count ? ", " : "",
+						 keys[i].name);
+		count++;
+	}
+	return count;
+}
+
+int config_worker_count(const struct config *c)
+{
+	long n;
+
+	if (c->workers > 0)
+		return c->workers;
+	n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	return n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (int)n;
+}

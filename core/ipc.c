@@ -1,0 +1,371 @@
+#include "ipc.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *ipc_type_name(enum ipc_type type)
+{
+	switch (type) {
+	case IPC_HELLO_WORKER: return "HELLO_WORKER";
+	case IPC_HELLO_SUPERVISOR: return "HELLO_SUPERVISOR";
+	case IPC_WS_OPENED: return "WS_OPENED";
+	case IPC_WS_CLOSED: return "WS_CLOSED";
+	case IPC_WS_FRAME: return "WS_FRAME";
+	case IPC_WS_SEND: return "WS_SEND";
+	case IPC_WS_CLOSE: return "WS_CLOSE";
+	case IPC_DRAIN: return "DRAIN";
+	case IPC_CONFIG: return "CONFIG";
+	}
+	return "unknown";
+}
+
+/* ---- encoding ---- */
+
+static int pack_head(msgpack_packer *pk, enum ipc_type type, size_t fields)
+{
+	if (msgpack_pack_array(pk, fields + 1) < 0)
+		return -1;
+	return msgpack_pack_uint32(pk, (uint32_t)type);
+}
+
+static int pack_bin(msgpack_packer *pk, const void *data, size_t len)
+{
+	if (msgpack_pack_bin(pk, len) < 0)
+		return -1;
+	return msgpack_pack_bin_body(pk, data, len);
+}
+
+int ipc_pack_hello_worker(msgpack_packer *pk, uint32_t slot, int64_t pid)
+{
+	if (pack_head(pk, IPC_HELLO_WORKER, 3) < 0 ||
+	    msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
+	    msgpack_pack_uint32(pk, slot) < 0)
+		return -1;
+	return msgpack_pack_int64(pk, pid);
+}
+
+int ipc_pack_hello_supervisor(msgpack_packer *pk, uint32_t slot,
+			      const char *config, size_t len)
+{
+	if (pack_head(pk, IPC_HELLO_SUPERVISOR, 3) < 0 ||
+	    msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
+	    msgpack_pack_uint32(pk, slot) < 0 ||
+	    msgpack_pack_str(pk, len) < 0)
+		return -1;
+	return msgpack_pack_str_body(pk, config, len);
+}
+
+static int pack_conn_only(msgpack_packer *pk, enum ipc_type type, uint64_t conn)
+{
+	if (pack_head(pk, type, 1) < 0)
+		return -1;
+	return msgpack_pack_uint64(pk, conn);
+}
+
+int ipc_pack_ws_opened(msgpack_packer *pk, uint64_t conn)
+{
+	return pack_conn_only(pk, IPC_WS_OPENED, conn);
+}
+
+int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn)
+{
+	return pack_conn_only(pk, IPC_WS_CLOSED, conn);
+}
+
+static int pack_conn_bytes(msgpack_packer *pk, enum ipc_type type,
+			   uint64_t conn, const void *data, size_t len)
+{
+	if (pack_head(pk, type, 2) < 0 || msgpack_pack_uint64(pk, conn) < 0)
+		return -1;
+	return pack_bin(pk, data, len);
+}
+
+int ipc_pack_ws_frame(msgpack_packer *pk, uint64_t conn, const void *data,
+		      size_t len)
+{
+	return pack_conn_bytes(pk, IPC_WS_FRAME, conn, data, len);
+}
+
+int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const void *data,
+		     size_t len)
+{
+	return pack_conn_bytes(pk, IPC_WS_SEND, conn, data, len);
+}
+
+int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code)
+{
+	if (pack_head(pk, IPC_WS_CLOSE, 2) < 0 ||
+	    msgpack_pack_uint64(pk, conn) < 0)
+		return -1;
+	return msgpack_pack_uint32(pk, code);
+}
+
+int ipc_pack_drain(msgpack_packer *pk)
+{
+	return pack_head(pk, IPC_DRAIN, 0);
+}
+
+int ipc_pack_config(msgpack_packer *pk, const char *config, size_t len)
+{
+	if (pack_head(pk, IPC_CONFIG, 1) < 0 || msgpack_pack_str(pk, len) < 0)
+		return -1;
+	return msgpack_pack_str_body(pk, config, len);
+}
+
+/* ---- decoding: checked getters over the message's array ---- */
+
+struct fields {
+	const msgpack_object *item;
+	uint32_t count;
+	uint32_t next;
+	char *err;
+	size_t errlen;
+	enum ipc_type type;
+};
+
+static int field_fail(struct fields *f, const char *what)
+{
+	snprintf(f->err, f->errlen, "%s: field %u: %s", ipc_type_name(f->type),
+		 f->next, what);
+	return -1;
+}
+
+static const msgpack_object *field_next(struct fields *f)
+{
+	if (f->next >= f->count)
+		return NULL;
+	return &f->item[f->next++];
+}
+
+static int get_u64(struct fields *f, uint64_t max, uint64_t *out)
+{
+	const msgpack_object *o = field_next(f);
+
+	if (o == NULL)
+		return field_fail(f, "missing");
+	if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > max)
+		return field_fail(f, "expected an unsigned integer in range");
+	*out = o->via.u64;
+	return 0;
+}
+
+static int get_u32(struct fields *f, uint32_t *out)
+{
+	uint64_t v = 0;
+
+	if (get_u64(f, UINT32_MAX, &v) < 0)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int get_i64(struct fields *f, int64_t *out)
+{
+	const msgpack_object *o = field_next(f);
+
+	if (o == NULL)
+		return field_fail(f, "missing");
+	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
+		*out = (int64_t)o->via.u64;
+	else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+		*out = o->via.i64;
+	else
+		return field_fail(f, "expected an integer");
+	return 0;
+}
+
+static int get_bytes(struct fields *f, msgpack_object_type type,
+		     const char **data, size_t *len)
+{
+	const msgpack_object *o = field_next(f);
+
+	if (o == NULL)
+		return field_fail(f, "missing");
+	if (o->type != type)
+		return field_fail(f, type == MSGPACK_OBJECT_BIN ? "expected bin"
+								: "expected str");
+	if (type == MSGPACK_OBJECT_BIN) {
+		*data = o->via.bin.ptr;
+		*len = o->via.bin.size;
+	} else {
+		*data = o->via.str.ptr;
+		*len = o->via.str.size;
+	}
+	return 0;
+}
+
+static int get_end(struct fields *f)
+{
+	if (f->next != f->count)
+		return field_fail(f, "unexpected extra field");
+	return 0;
+}
+
+static int decode_hello_worker(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u32(f, &m->version) < 0 || get_u32(f, &m->slot) < 0 ||
+	    get_i64(f, &m->pid) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_hello_supervisor(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u32(f, &m->version) < 0 || get_u32(f, &m->slot) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_STR, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_conn_only(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_conn_bytes(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_ws_close(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0)
+		return -1;
+	if (m->code < 1000 || m->code > 4999)
+		return field_fail(f, "close code out of range");
+	return get_end(f);
+}
+
+static int decode_config(struct fields *f, struct ipc_msg *m)
+{
+	if (get_bytes(f, MSGPACK_OBJECT_STR, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_empty(struct fields *f, struct ipc_msg *m)
+{
+	(void)m;
+	return get_end(f);
+}
+
+int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
+	       size_t errlen)
+{
+	struct fields f = { .err = err, .errlen = errlen };
+	uint32_t type;
+
+	memset(msg, 0, sizeof *msg);
+	if (obj->type != MSGPACK_OBJECT_ARRAY || obj->via.array.size < 1) {
+		snprintf(err, errlen, "message is not a non-empty array");
+		return -1;
+	}
+	f.item = obj->via.array.ptr;
+	f.count = obj->via.array.size;
+	if (get_u32(&f, &type) < 0) {
+		snprintf(err, errlen, "message type is not an integer");
+		return -1;
+	}
+	f.type = msg->type = (enum ipc_type)type;
+	switch (msg->type) {
+	case IPC_HELLO_WORKER: return decode_hello_worker(&f, msg);
+	case IPC_HELLO_SUPERVISOR: return decode_hello_supervisor(&f, msg);
+	case IPC_WS_OPENED:
+	case IPC_WS_CLOSED: return decode_conn_only(&f, msg);
+	case IPC_WS_FRAME:
+	case IPC_WS_SEND: return decode_conn_bytes(&f, msg);
+	case IPC_WS_CLOSE: return decode_ws_close(&f, msg);
+	case IPC_DRAIN: return decode_empty(&f, msg);
+	case IPC_CONFIG: return decode_config(&f, msg);
+	}
+	snprintf(err, errlen, "unknown message type %u", type);
+	return -1;
+}
+
+/* ---- the incremental reader ---- */
+
+struct ipc_reader {
+	msgpack_unpacker unpacker;
+	msgpack_unpacked result;
+	size_t max_message;
+};
+
+struct ipc_reader *ipc_reader_new(size_t max_message)
+{
+	struct ipc_reader *r = calloc(1, sizeof *r);
+
+	if (r == NULL || !msgpack_unpacker_init(&r->unpacker, 64 * 1024))
+		fatal("out of memory");
+	msgpack_unpacked_init(&r->result);
+	r->max_message = max_message;
+	return r;
+}
+
+void ipc_reader_free(struct ipc_reader *r)
+{
+	if (r == NULL)
+		return;
+	msgpack_unpacked_destroy(&r->result);
+	msgpack_unpacker_destroy(&r->unpacker);
+	free(r);
+}
+
+void ipc_reader_set_max(struct ipc_reader *r, size_t max_message)
+{
+	r->max_message = max_message;
+}
+
+char *ipc_reader_buffer(struct ipc_reader *r, size_t want)
+{
+	if (msgpack_unpacker_buffer_capacity(&r->unpacker) < want &&
+	    !msgpack_unpacker_reserve_buffer(&r->unpacker, want))
+		fatal("out of memory");
+	return msgpack_unpacker_buffer(&r->unpacker);
+}
+
+void ipc_reader_consumed(struct ipc_reader *r, size_t n)
+{
+	msgpack_unpacker_buffer_consumed(&r->unpacker, n);
+}
+
+int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
+		    size_t errlen)
+{
+	msgpack_unpack_return ret;
+
+	ret = msgpack_unpacker_next(&r->unpacker, &r->result);
+	switch (ret) {
+	case MSGPACK_UNPACK_SUCCESS:
+		if (ipc_decode(&r->result.data, msg, err, errlen) < 0)
+			return -1;
+		if (msg->len + IPC_MESSAGE_OVERHEAD > r->max_message) {
+			snprintf(err, errlen, "%s of %zu bytes exceeds the bound of %zu",
+				 ipc_type_name(msg->type), msg->len, r->max_message);
+			return -1;
+		}
+		return 1;
+	case MSGPACK_UNPACK_CONTINUE:
+		if (msgpack_unpacker_message_size(&r->unpacker) > r->max_message) {
+			snprintf(err, errlen, "incomplete message exceeds the bound of %zu bytes",
+				 r->max_message);
+			return -1;
+		}
+		return 0;
+	case MSGPACK_UNPACK_PARSE_ERROR:
+		snprintf(err, errlen, "msgpack parse error");
+		return -1;
+	case MSGPACK_UNPACK_NOMEM_ERROR:
+		fatal("out of memory decoding IPC");
+	default:
+		snprintf(err, errlen, "msgpack unpacker error %d", (int)ret);
+		return -1;
+	}
+}

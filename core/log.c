@@ -1,0 +1,86 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *level_names[] = { "error", "warn", "info", "debug" };
+static enum log_level current_level = LOG_LVL_INFO;
+static char process[32] = "mephisto-router";
+static int with_time = 1;
+
+void log_init(const char *process_name)
+{
+	snprintf(process, sizeof process, "%s", process_name);
+	with_time = getenv("JOURNAL_STREAM") == NULL;
+}
+
+void log_set_level(enum log_level level) { current_level = level; }
+
+enum log_level log_get_level(void) { return current_level; }
+
+const char *log_level_name(enum log_level level)
+{
+	return level_names[level];
+}
+
+int log_level_parse(const char *name, enum log_level *out)
+{
+	for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
+		if (strcmp(name, level_names[i]) == 0) {
+			*out = (enum log_level)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static void log_write(enum log_level level, const char *fmt, va_list ap)
+{
+	char line[2048];
+	size_t n = 0;
+
+	if (with_time) {
+		struct timeval tv;
+		struct tm tm;
+		gettimeofday(&tv, NULL);
+		gmtime_r(&tv.tv_sec, &tm);
+		n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+		n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ ",
+				      (long)(tv.tv_usec / 1000));
+	}
+	n += (size_t)snprintf(line + n, sizeof line - n, "%s %s: ",
+			      level_names[level], process);
+	if (n < sizeof line - 1)
+		vsnprintf(line + n, sizeof line - 1 - n, fmt, ap);
+	n = strlen(line);
+	line[n++] = '\n';
+	/* One write(2) per line so lines of several processes do not mix. */
+	if (write(STDERR_FILENO, line, n) < 0)
+		return;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (level > current_level)
+		return;
+	va_start(ap, fmt);
+	log_write(level, fmt, ap);
+	va_end(ap);
+}
+
+void fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_write(LOG_LVL_ERROR, fmt, ap);
+	va_end(ap);
+	exit(1);
+}

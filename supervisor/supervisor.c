@@ -1,0 +1,637 @@
+/* The supervisor: one libevent loop that binds the listening socket once,
+ * forks the workers (each re-executes this binary as "--worker N" with the
+ * listening socket on fd 3 and its end of a socketpair on fd 4), restarts
+ * crashed ones with backoff, resizes the pool on SIGHUP and drains it on
+ * SIGTERM/SIGINT.
+ *
+ * Listen sharing: one socket bound here before forking, inherited by every
+ * worker, each accepting from it with an evconnlistener. Unlike one
+ * SO_REUSEPORT socket per worker, connections waiting in the accept queue
+ * are never lost when a worker is retired (a closed SO_REUSEPORT socket
+ * resets the connections queued on it), and new workers need nothing new
+ * bound. README.md "Design decisions" has the measurement. */
+#include "supervisor.h"
+
+#include "../core/ipc.h"
+#include "../core/log.h"
+#include "store.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A worker that ran this long before dying restarts its backoff. */
+#define RESPAWN_STABLE_SECONDS 10.0
+#define RESPAWN_FIRST_DELAY 0.1
+
+struct worker {
+	struct supervisor *sup;
+	int slot; /* 1-based */
+	pid_t pid; /* 0: not running */
+	struct bufferevent *bev;
+	struct ipc_reader *reader;
+	int ready; /* its hello arrived */
+	int retiring; /* told to drain; not to be respawned */
+	int crashes; /* consecutive short-lived deaths */
+	double started; /* monotonic seconds */
+	struct event *respawn_timer;
+};
+
+struct supervisor {
+	struct config cfg;
+	const char *config_path;
+	const char *self_exe;
+	struct event_base *base;
+	int listen_fd;
+	struct store *store;
+	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
+	struct event *signals[4];
+	struct event *kill_timer;
+	int shutting_down;
+	int notified_ready;
+	int exit_code;
+};
+
+static double now_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct timeval seconds_tv(double s)
+{
+	struct timeval tv = { (time_t)s, (suseconds_t)((s - (double)(time_t)s) * 1e6) };
+	return tv;
+}
+
+/* ---- systemd notification (Type=notify); a no-op outside systemd ---- */
+
+static void notify_systemd(const char *state)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t len;
+	int fd;
+
+	if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+	    (len = strlen(path)) >= sizeof sa.sun_path)
+		return;
+	memcpy(sa.sun_path, path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, state, strlen(state), 0, (struct sockaddr *)&sa,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+		log_warn("cannot notify systemd: %s", strerror(errno));
+	close(fd);
+}
+
+/* ---- the listening socket ---- */
+
+static int listen_open(const struct config *cfg, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss = { 0 };
+	socklen_t sslen;
+	int fd, one = 1, zero = 0;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+	if (inet_pton(AF_INET, cfg->listen_address, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)cfg->port);
+		sslen = sizeof *sin;
+	} else {
+		inet_pton(AF_INET6, cfg->listen_address, &sin6->sin6_addr);
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)cfg->port);
+		sslen = sizeof *sin6;
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+	if (bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, 4096) < 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(err, errlen, "cannot listen on %s%s%s:%d: %s",
+		 ss.ss_family == AF_INET6 ? "[" : "", cfg->listen_address,
+		 ss.ss_family == AF_INET6 ? "]" : "", cfg->port, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* ---- workers ---- */
+
+static void worker_spawn(struct supervisor *sup, int slot);
+
+static int running_workers(const struct supervisor *sup)
+{
+	int n = 0;
+
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++)
+		n += sup->workers[i].pid != 0;
+	return n;
+}
+
+static msgpack_packer worker_packer(struct worker *w);
+
+static int evbuffer_write_cb(void *data, const char *buf, size_t len)
+{
+	return evbuffer_add(data, buf, len);
+}
+
+static msgpack_packer worker_packer(struct worker *w)
+{
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, bufferevent_get_output(w->bev), evbuffer_write_cb);
+	return pk;
+}
+
+static void worker_drop_ipc(struct worker *w)
+{
+	if (w->bev != NULL)
+		bufferevent_free(w->bev);
+	w->bev = NULL;
+	ipc_reader_free(w->reader);
+	w->reader = NULL;
+}
+
+/* A malformed message from our own worker is a bug: log it, restart it. */
+static void worker_broken(struct worker *w, const char *why)
+{
+	log_error("worker %d (pid %d): broken IPC (%s); restarting it", w->slot,
+		  (int)w->pid, why);
+	worker_drop_ipc(w);
+	if (w->pid > 0)
+		kill(w->pid, SIGKILL);
+}
+
+static void worker_check_ready(struct supervisor *sup)
+{
+	if (sup->notified_ready)
+		return;
+	for (int i = 1; i <= config_worker_count(&sup->cfg); i++)
+		if (!sup->workers[i].ready)
+			return;
+	sup->notified_ready = 1;
+	log_info("ready: %d workers accepting on %s port %d",
+		 config_worker_count(&sup->cfg), sup->cfg.listen_address,
+		 sup->cfg.port);
+	notify_systemd("READY=1");
+}
+
+static void worker_handle(struct worker *w, const struct ipc_msg *m)
+{
+	switch (m->type) {
+	case IPC_HELLO_WORKER:
+		if (m->version != IPC_PROTOCOL_VERSION || m->slot != (uint32_t)w->slot) {
+			char why[96];
+			snprintf(why, sizeof why, "hello with version %u slot %u",
+				 m->version, m->slot);
+			worker_broken(w, why);
+			return;
+		}
+		w->ready = 1;
+		log_debug("worker %d (pid %d) ready", w->slot, (int)w->pid);
+		worker_check_ready(w->sup);
+		return;
+	case IPC_WS_OPENED:
+		log_debug("worker %d: ws open conn %llu", w->slot,
+			  (unsigned long long)m->conn);
+		return;
+	case IPC_WS_CLOSED:
+		log_debug("worker %d: ws close conn %llu", w->slot,
+			  (unsigned long long)m->conn);
+		return;
+	case IPC_WS_FRAME:
+		log_debug("worker %d: ws frame conn %llu (%zu bytes)", w->slot,
+			  (unsigned long long)m->conn, m->len);
+		return;
+	default:
+		worker_broken(w, "message of the wrong direction");
+		return;
+	}
+}
+
+static void worker_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct worker *w = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len;
+
+	while ((len = evbuffer_get_length(in)) > 0) {
+		struct ipc_msg m;
+		char err[256];
+		int rc;
+		size_t chunk = len > 65536 ? 65536 : len;
+
+		evbuffer_remove(in, ipc_reader_buffer(w->reader, chunk), chunk);
+		ipc_reader_consumed(w->reader, chunk);
+		while ((rc = ipc_reader_next(w->reader, &m, err, sizeof err)) > 0) {
+			if (!w->ready && m.type != IPC_HELLO_WORKER) {
+				worker_broken(w, "message before hello");
+				return;
+			}
+			worker_handle(w, &m);
+			if (w->bev == NULL)
+				return;
+		}
+		if (rc < 0) {
+			worker_broken(w, err);
+			return;
+		}
+	}
+}
+
+static void worker_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)bev;
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		/* The process itself is reaped by SIGCHLD. */
+		log_debug("worker %d: IPC closed", w->slot);
+		worker_drop_ipc(w);
+	}
+}
+
+static void worker_send_hello(struct supervisor *sup, struct worker *w)
+{
+	char *text = config_format(&sup->cfg);
+	msgpack_packer pk = worker_packer(w);
+
+	ipc_pack_hello_supervisor(&pk, (uint32_t)w->slot, text, strlen(text));
+	free(text);
+}
+
+static void worker_drain(struct worker *w)
+{
+	msgpack_packer pk;
+
+	w->retiring = 1;
+	if (w->bev == NULL) {
+		kill(w->pid, SIGTERM);
+		return;
+	}
+	pk = worker_packer(w);
+	ipc_pack_drain(&pk);
+}
+
+/* In the child between fork and exec: only async-signal-safe calls. */
+static void child_exec(struct supervisor *sup, int slot, int ipc_fd,
+		       pid_t parent)
+{
+	char slot_text[16];
+	char *argv[] = { "mephisto-router", "--worker", slot_text, NULL };
+	int listen_copy, ipc_copy;
+	sigset_t none;
+
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+		_exit(1);
+	/* Move both fds out of the way, then onto 3 and 4 (dup2 clears
+	 * close-on-exec there); every other descriptor closes on exec. */
+	listen_copy = fcntl(sup->listen_fd, F_DUPFD_CLOEXEC, 10);
+	ipc_copy = fcntl(ipc_fd, F_DUPFD_CLOEXEC, 10);
+	if (listen_copy < 0 || ipc_copy < 0 || dup2(listen_copy, 3) < 0 ||
+	    dup2(ipc_copy, 4) < 0)
+		_exit(1);
+	close_range(5, ~0U, 0);
+	snprintf(slot_text, sizeof slot_text, "%d", slot);
+	execv(sup->self_exe, argv);
+	_exit(127);
+}
+
+static void worker_spawn(struct supervisor *sup, int slot)
+{
+	struct worker *w = &sup->workers[slot];
+	int sv[2];
+	pid_t pid, parent = getpid();
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		log_error("worker %d: socketpair: %s", slot, strerror(errno));
+		return;
+	}
+	pid = fork();
+	if (pid < 0) {
+		log_error("worker %d: fork: %s", slot, strerror(errno));
+		close(sv[0]);
+		close(sv[1]);
+		return;
+	}
+	if (pid == 0)
+		child_exec(sup, slot, sv[1], parent);
+	close(sv[1]);
+	evutil_make_socket_nonblocking(sv[0]);
+	w->sup = sup;
+	w->slot = slot;
+	w->pid = pid;
+	w->ready = 0;
+	w->retiring = 0;
+	w->started = now_monotonic();
+	w->reader = ipc_reader_new((size_t)sup->cfg.max_message_bytes +
+				   IPC_MESSAGE_OVERHEAD);
+	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(w->bev, worker_read_cb, NULL, worker_event_cb, w);
+	bufferevent_enable(w->bev, EV_READ | EV_WRITE);
+	worker_send_hello(sup, w);
+	log_info("worker %d started (pid %d)", slot, (int)pid);
+}
+
+static void respawn_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	if (!w->sup->shutting_down && w->pid == 0 &&
+	    w->slot <= config_worker_count(&w->sup->cfg))
+		worker_spawn(w->sup, w->slot);
+}
+
+static void describe_status(int status, char *out, size_t len)
+{
+	if (WIFEXITED(status))
+		snprintf(out, len, "exited with status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(out, len, "killed by signal %d (%s)", WTERMSIG(status),
+			 strsignal(WTERMSIG(status)));
+	else
+		snprintf(out, len, "ended (status 0x%x)", status);
+}
+
+static void worker_exited(struct supervisor *sup, struct worker *w, int status)
+{
+	char how[96];
+	double uptime = now_monotonic() - w->started, delay;
+	int was_retiring = w->retiring;
+
+	describe_status(status, how, sizeof how);
+	worker_drop_ipc(w);
+	w->pid = 0;
+	w->ready = 0;
+	w->retiring = 0;
+	if (sup->shutting_down || was_retiring) {
+		log_info("worker %d %s", w->slot, how);
+		return;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_CONFIG) {
+		log_error("worker %d %s: it cannot work with this configuration; "
+			  "not restarting it", w->slot, how);
+		if (running_workers(sup) == 0) {
+			log_error("no worker left; stopping");
+			sup->exit_code = EXIT_CONFIG;
+			event_base_loopexit(sup->base, NULL);
+		}
+		return;
+	}
+	if (uptime >= RESPAWN_STABLE_SECONDS)
+		w->crashes = 0;
+	w->crashes++;
+	delay = RESPAWN_FIRST_DELAY;
+	for (int i = 1; i < w->crashes && delay < sup->cfg.respawn_max_delay; i++)
+		delay *= 2;
+	if (delay > sup->cfg.respawn_max_delay)
+		delay = sup->cfg.respawn_max_delay;
+	log_warn("worker %d (uptime %.1f s) %s; restarting it in %.2f s", w->slot,
+		 uptime, how, delay);
+	if (w->respawn_timer == NULL)
+		w->respawn_timer = evtimer_new(sup->base, respawn_cb, w);
+	struct timeval tv = seconds_tv(delay);
+	evtimer_add(w->respawn_timer, &tv);
+}
+
+/* Start missing workers up to the configured count; drain those above it. */
+static void workers_resize(struct supervisor *sup)
+{
+	int want = config_worker_count(&sup->cfg);
+
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup->workers[i];
+
+		w->slot = i;
+		w->sup = sup;
+		if (i <= want && w->pid == 0 &&
+		    (w->respawn_timer == NULL || !evtimer_pending(w->respawn_timer, NULL)))
+			worker_spawn(sup, i);
+		if (i > want) {
+			if (w->respawn_timer != NULL)
+				evtimer_del(w->respawn_timer);
+			if (w->pid != 0 && !w->retiring) {
+				log_info("worker %d: draining (workers = %d)", i, want);
+				worker_drain(w);
+			}
+		}
+	}
+}
+
+/* ---- signals ---- */
+
+static void reap_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	pid_t pid;
+	int status;
+
+	(void)sig;
+	(void)what;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+			if (sup->workers[i].pid == pid) {
+				worker_exited(sup, &sup->workers[i], status);
+				break;
+			}
+		}
+	}
+	if (sup->shutting_down && running_workers(sup) == 0)
+		event_base_loopexit(sup->base, NULL);
+}
+
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct config loaded;
+	char err[1024], restart[512];
+	char *text;
+
+	(void)sig;
+	(void)what;
+	if (sup->shutting_down)
+		return;
+	if (sup->config_path == NULL) {
+		log_warn("SIGHUP: started without --config, nothing to re-read");
+		return;
+	}
+	config_defaults(&loaded);
+	if (config_load_file(&loaded, sup->config_path, err, sizeof err) < 0 ||
+	    config_apply_env(&loaded, err, sizeof err) < 0) {
+		log_error("SIGHUP: %s; keeping the running configuration", err);
+		return;
+	}
+	if (config_reload(&sup->cfg, &loaded, restart, sizeof restart) > 0)
+		log_warn("SIGHUP: %s changed; a running router cannot change %s, "
+			 "restart it to apply", restart,
+			 strchr(restart, ',') ? "them" : "it");
+	log_set_level((enum log_level)sup->cfg.log_level);
+	log_info("SIGHUP: configuration re-read from %s (workers = %d)",
+		 sup->config_path, config_worker_count(&sup->cfg));
+	text = config_format(&sup->cfg);
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup->workers[i];
+		if (w->bev != NULL && !w->retiring) {
+			msgpack_packer pk = worker_packer(w);
+			ipc_pack_config(&pk, text, strlen(text));
+		}
+	}
+	free(text);
+	workers_resize(sup);
+}
+
+static void kill_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	(void)fd;
+	(void)what;
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		if (sup->workers[i].pid != 0) {
+			log_warn("worker %d did not drain within %.1f s; killing it",
+				 i, sup->cfg.shutdown_timeout);
+			kill(sup->workers[i].pid, SIGKILL);
+		}
+	}
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct timeval tv;
+
+	(void)what;
+	if (sup->shutting_down) {
+		log_warn("%s again: stopping the workers now", strsignal((int)sig));
+		kill_timer_cb(-1, 0, sup);
+		return;
+	}
+	sup->shutting_down = 1;
+	notify_systemd("STOPPING=1");
+	log_info("%s: draining %d workers (at most %.1f s)", strsignal((int)sig),
+		 running_workers(sup), sup->cfg.shutdown_timeout);
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup->workers[i];
+		if (w->respawn_timer != NULL)
+			evtimer_del(w->respawn_timer);
+		if (w->pid != 0)
+			worker_drain(w);
+	}
+	if (running_workers(sup) == 0) {
+		event_base_loopexit(sup->base, NULL);
+		return;
+	}
+	/* Workers bound their own drain by shutdown_timeout; this is the
+	 * backstop for one that hangs. */
+	sup->kill_timer = evtimer_new(sup->base, kill_timer_cb, sup);
+	tv = seconds_tv(sup->cfg.shutdown_timeout + 0.5);
+	evtimer_add(sup->kill_timer, &tv);
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int supervisor_main(const struct config *cfg, const char *config_path,
+		    const char *self_exe)
+{
+	static struct supervisor sup;
+	const int signums[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT };
+	event_callback_fn handlers[] = { reap_cb, reload_cb, stop_cb, stop_cb };
+	char err[1024];
+
+	memset(&sup, 0, sizeof sup);
+	sup.cfg = *cfg;
+	sup.config_path = config_path;
+	sup.self_exe = self_exe;
+	log_init("supervisor");
+	log_set_level((enum log_level)cfg->log_level);
+	raise_fd_limit();
+	signal(SIGPIPE, SIG_IGN);
+
+	sup.listen_fd = listen_open(cfg, err, sizeof err);
+	if (sup.listen_fd < 0) {
+		fprintf(stderr, "mephisto-router: %s\n", err);
+		return EXIT_CONFIG;
+	}
+	sup.store = store_open(cfg->state_path, err, sizeof err);
+	if (sup.store == NULL) {
+		fprintf(stderr, "mephisto-router: %s\n", err);
+		close(sup.listen_fd);
+		return EXIT_CONFIG;
+	}
+	if (access(cfg->static_dir, R_OK | X_OK) < 0)
+		log_warn("static_dir %s: %s; static files will answer 404",
+			 cfg->static_dir, strerror(errno));
+
+	sup.base = event_base_new();
+	if (sup.base == NULL)
+		fatal("cannot create the event loop");
+	for (size_t i = 0; i < 4; i++) {
+		sup.signals[i] = evsignal_new(sup.base, signums[i], handlers[i], &sup);
+		evsignal_add(sup.signals[i], NULL);
+	}
+	log_info("mephisto-router %s starting: port %d, %d workers, state %s",
+		 MR_VERSION, cfg->port, config_worker_count(cfg), cfg->state_path);
+	workers_resize(&sup);
+	event_base_dispatch(sup.base);
+
+	/* Stopped: every worker has exited (or none could run). */
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup.workers[i];
+		if (w->pid != 0) {
+			kill(w->pid, SIGKILL);
+			waitpid(w->pid, NULL, 0);
+		}
+		worker_drop_ipc(w);
+		if (w->respawn_timer != NULL)
+			event_free(w->respawn_timer);
+	}
+	for (size_t i = 0; i < 4; i++)
+		event_free(sup.signals[i]);
+	if (sup.kill_timer != NULL)
+		event_free(sup.kill_timer);
+	event_base_free(sup.base);
+	store_close(sup.store);
+	close(sup.listen_fd);
+	log_info("stopped");
+	return sup.exit_code;
+}

@@ -1,0 +1,450 @@
+/* The worker's loop: libevent event_base running libwebsockets as a foreign
+ * loop, an evconnlistener on the inherited listening socket handing each
+ * connection to lws, and a bufferevent for IPC with the supervisor.
+ *
+ * Backpressure: when the IPC output to the supervisor holds more than
+ * ipc_buffer_bytes, the worker stops reading its WebSockets and stops
+ * accepting; it resumes once the output has drained to half of that. */
+#include "worker.h"
+
+#include "../core/ipc.h"
+#include "../core/log.h"
+#include "../supervisor/supervisor.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct config worker_cfg;
+int worker_slot;
+struct worker_stats worker_stats;
+
+static struct event_base *base;
+static struct lws_context *context;
+static struct lws_vhost *vhost;
+static struct evconnlistener *listener;
+static struct event *accept_retry;
+static struct bufferevent *ipc;
+static struct ipc_reader *reader;
+static msgpack_packer packer;
+static struct event *sig_term, *drain_tick;
+static int configured, paused, draining;
+static double drain_deadline;
+static int exit_code;
+
+static double now_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- IPC ---- */
+
+static int evbuffer_write_cb(void *data, const char *buf, size_t len)
+{
+	return evbuffer_add(data, buf, len);
+}
+
+msgpack_packer *worker_ipc_packer(void) { return &packer; }
+
+int worker_ipc_paused(void) { return paused; }
+
+static void set_paused(int on)
+{
+	if (paused == on)
+		return;
+	paused = on;
+	ws_pause_all(on);
+	if (listener != NULL && !draining) {
+		if (on)
+			evconnlistener_disable(listener);
+		else
+			evconnlistener_enable(listener);
+	}
+	if (on) {
+		worker_stats.backpressure_pauses++;
+		log_warn("IPC output over %lld bytes: not reading clients until it drains",
+			 (long long)worker_cfg.ipc_buffer_bytes);
+	} else {
+		log_info("IPC output drained: reading clients again");
+	}
+}
+
+void worker_ipc_check(void)
+{
+	if (!paused && evbuffer_get_length(bufferevent_get_output(ipc)) >
+			       (size_t)worker_cfg.ipc_buffer_bytes)
+		set_paused(1);
+}
+
+static void ipc_write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	(void)arg;
+	/* Called when the output fell to the low watermark. */
+	if (paused)
+		set_paused(0);
+}
+
+static void worker_drain(const char *why);
+
+/* A malformed message from the supervisor is a bug: exit and be restarted. */
+static void ipc_broken(const char *why)
+{
+	log_error("broken IPC from the supervisor (%s); exiting", why);
+	exit_code = 1;
+	event_base_loopexit(base, NULL);
+}
+
+static int worker_start(const struct ipc_msg *m);
+
+static void apply_config(const char *text, size_t len)
+{
+	struct config loaded;
+	char err[512], restart[256];
+	char *copy = strndup(text, len);
+
+	if (copy == NULL)
+		fatal("out of memory");
+	config_defaults(&loaded);
+	if (config_parse(&loaded, copy, "supervisor config", err, sizeof err) < 0)
+		ipc_broken(err);
+	else
+		config_reload(&worker_cfg, &loaded, restart, sizeof restart);
+	log_set_level((enum log_level)worker_cfg.log_level);
+	free(copy);
+}
+
+static void ipc_handle(const struct ipc_msg *m)
+{
+	if (!configured && m->type != IPC_HELLO_SUPERVISOR) {
+		ipc_broken("message before hello");
+		return;
+	}
+	switch (m->type) {
+	case IPC_HELLO_SUPERVISOR:
+		if (configured) {
+			ipc_broken("second hello");
+		} else if (worker_start(m) < 0) {
+			exit_code = EXIT_CONFIG;
+			event_base_loopexit(base, NULL);
+		}
+		return;
+	case IPC_WS_SEND:
+		ws_send(m->conn, m->data, m->len);
+		return;
+	case IPC_WS_CLOSE:
+		ws_close(m->conn, m->code);
+		return;
+	case IPC_DRAIN:
+		worker_drain("the supervisor asked");
+		return;
+	case IPC_CONFIG:
+		apply_config(m->data, m->len);
+		return;
+	default:
+		ipc_broken("message of the wrong direction");
+		return;
+	}
+}
+
+static void ipc_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len;
+
+	(void)arg;
+	while ((len = evbuffer_get_length(in)) > 0) {
+		struct ipc_msg m;
+		char err[256];
+		int rc;
+		size_t chunk = len > 65536 ? 65536 : len;
+
+		evbuffer_remove(in, ipc_reader_buffer(reader, chunk), chunk);
+		ipc_reader_consumed(reader, chunk);
+		while ((rc = ipc_reader_next(reader, &m, err, sizeof err)) > 0)
+			ipc_handle(&m);
+		if (rc < 0) {
+			ipc_broken(err);
+			bufferevent_disable(bev, EV_READ);
+			return;
+		}
+	}
+}
+
+static void ipc_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	(void)arg;
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		bufferevent_disable(ipc, EV_READ | EV_WRITE);
+		if (!configured) {
+			exit_code = 1;
+			event_base_loopexit(base, NULL);
+			return;
+		}
+		worker_drain("the supervisor is gone");
+	}
+}
+
+/* ---- accepting ---- */
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (!draining && !paused)
+		evconnlistener_enable(listener);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
+		      struct sockaddr *addr, int socklen, void *arg)
+{
+	static time_t last_warning;
+
+	(void)l;
+	(void)addr;
+	(void)socklen;
+	(void)arg;
+	if (worker_stats.connections >= (uint64_t)worker_cfg.max_connections) {
+		worker_stats.refused_connections++;
+		if (time(NULL) != last_warning) {
+			last_warning = time(NULL);
+			log_warn("max_connections (%lld) reached: refusing connections "
+				 "(%llu so far)", (long long)worker_cfg.max_connections,
+				 (unsigned long long)worker_stats.refused_connections);
+		}
+		close(fd);
+		return;
+	}
+	/* lws closes fd itself when adoption fails. */
+	if (lws_adopt_socket_vhost(vhost, fd) == NULL)
+		log_warn("could not adopt a connection");
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	struct timeval tv = { 0, 100000 };
+	int err = EVUTIL_SOCKET_ERROR();
+
+	(void)arg;
+	/* Out of descriptors: pause instead of spinning (tmux server.c). */
+	log_warn("accept: %s; pausing accepts for 100 ms", evutil_socket_error_to_string(err));
+	evconnlistener_disable(l);
+	evtimer_add(accept_retry, &tv);
+}
+
+/* ---- lws ---- */
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason,
+		    void *user, void *in, size_t len)
+{
+	struct session *s = user;
+
+	switch (reason) {
+	case LWS_CALLBACK_WSI_CREATE:
+		worker_stats.connections++;
+		break;
+	case LWS_CALLBACK_WSI_DESTROY:
+		worker_stats.connections--;
+		break;
+	case LWS_CALLBACK_ESTABLISHED:
+	case LWS_CALLBACK_RECEIVE:
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+	case LWS_CALLBACK_CLOSED:
+		return ws_callback(wsi, reason, s, in, len);
+	case LWS_CALLBACK_HTTP:
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+	case LWS_CALLBACK_CLOSED_HTTP:
+		return http_callback(wsi, reason, s, in, len);
+	default:
+		break;
+	}
+	/* Unhandled reasons must reach the dummy handler (LWS-NOTES trap 2). */
+	return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static const struct lws_protocols protocols[] = {
+	{ "mephisto-router", callback, sizeof(struct session), 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 },
+};
+
+static void lws_log(int level, const char *line)
+{
+	size_t n = strlen(line);
+
+	while (n > 0 && line[n - 1] == '\n')
+		n--;
+	log_msg(level == LLL_ERR ? LOG_LVL_ERROR : level == LLL_WARN ? LOG_LVL_WARN
+									 : LOG_LVL_DEBUG,
+		"lws: %.*s", (int)n, line);
+}
+
+static int worker_start(const struct ipc_msg *m)
+{
+	struct lws_context_creation_info info;
+	void *foreign_loops[1] = { base };
+	char err[512];
+	char *text;
+
+	if (m->version != IPC_PROTOCOL_VERSION || m->slot != (uint32_t)worker_slot) {
+		log_error("supervisor speaks IPC version %u for slot %u; "
+			  "this worker is version %u slot %d", m->version, m->slot,
+			  IPC_PROTOCOL_VERSION, worker_slot);
+		return -1;
+	}
+	text = strndup(m->data, m->len);
+	if (text == NULL)
+		fatal("out of memory");
+	config_defaults(&worker_cfg);
+	if (config_parse(&worker_cfg, text, "supervisor config", err, sizeof err) < 0) {
+		log_error("%s", err);
+		free(text);
+		return -1;
+	}
+	free(text);
+	log_set_level((enum log_level)worker_cfg.log_level);
+	lws_set_log_level(LLL_ERR | (worker_cfg.log_level >= LOG_LVL_DEBUG ? LLL_WARN : 0),
+			  lws_log);
+
+	memset(&info, 0, sizeof info);
+	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+	info.protocols = protocols;
+	info.options = LWS_SERVER_OPTION_LIBEVENT | LWS_SERVER_OPTION_VALIDATE_UTF8;
+	info.foreign_loops = foreign_loops;
+	info.max_http_header_data = (unsigned short)(worker_cfg.max_header_bytes > 65535
+						     ? 65535 : worker_cfg.max_header_bytes);
+	info.fd_limit_per_thread = (unsigned int)worker_cfg.max_connections + 64;
+	info.vhost_name = "default";
+	context = lws_create_context(&info);
+	if (context == NULL) {
+		log_error("cannot create the libwebsockets context");
+		return -1;
+	}
+	vhost = lws_get_vhost_by_name(context, "default");
+	if (vhost == NULL) {
+		log_error("libwebsockets created no vhost");
+		return -1;
+	}
+	listener = evconnlistener_new(base, accept_cb, NULL, LEV_OPT_CLOSE_ON_EXEC,
+				      -1, WORKER_LISTEN_FD);
+	if (listener == NULL) {
+		log_error("cannot accept on the inherited socket: %s", strerror(errno));
+		return -1;
+	}
+	evconnlistener_set_error_cb(listener, accept_error_cb);
+	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
+	ipc_reader_set_max(reader, (size_t)worker_cfg.max_message_bytes +
+				   IPC_MESSAGE_OVERHEAD);
+	configured = 1;
+	ipc_pack_hello_worker(&packer, (uint32_t)worker_slot, (int64_t)getpid());
+	log_debug("serving");
+	return 0;
+}
+
+/* ---- draining and signals ---- */
+
+static void drain_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct timeval tv = { 0, 20000 };
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (ws_count() == 0 || now_monotonic() >= drain_deadline) {
+		if (ws_count() > 0)
+			log_warn("%zu WebSockets still open at the drain deadline",
+				 ws_count());
+		event_base_loopexit(base, NULL);
+		return;
+	}
+	evtimer_add(drain_tick, &tv);
+}
+
+static void worker_drain(const char *why)
+{
+	struct timeval tv = { 0, 20000 };
+
+	if (draining)
+		return;
+	draining = 1;
+	log_debug("draining (%s): %zu WebSockets", why, ws_count());
+	if (!configured) {
+		event_base_loopexit(base, NULL);
+		return;
+	}
+	evconnlistener_disable(listener);
+	ws_close_all(LWS_CLOSE_STATUS_GOINGAWAY);
+	drain_deadline = now_monotonic() + worker_cfg.shutdown_timeout;
+	evtimer_add(drain_tick, &tv);
+}
+
+static void sigterm_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	(void)arg;
+	worker_drain("SIGTERM");
+}
+
+int worker_main(int slot)
+{
+	char name[32];
+
+	worker_slot = slot;
+	snprintf(name, sizeof name, "worker %d", slot);
+	log_init(name);
+	signal(SIGPIPE, SIG_IGN);
+	/* Ctrl-C reaches the whole process group; the supervisor drives the
+	 * shutdown. */
+	signal(SIGINT, SIG_IGN);
+
+	base = event_base_new();
+	if (base == NULL)
+		fatal("cannot create the event loop");
+	evutil_make_socket_nonblocking(WORKER_IPC_FD);
+	evutil_make_socket_nonblocking(WORKER_LISTEN_FD);
+	/* Until the hello says otherwise: room for the config text. */
+	reader = ipc_reader_new(2 * 1024 * 1024);
+	ipc = bufferevent_socket_new(base, WORKER_IPC_FD, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(ipc, ipc_read_cb, ipc_write_cb, ipc_event_cb, NULL);
+	bufferevent_enable(ipc, EV_READ | EV_WRITE);
+	msgpack_packer_init(&packer, bufferevent_get_output(ipc), evbuffer_write_cb);
+	sig_term = evsignal_new(base, SIGTERM, sigterm_cb, NULL);
+	evsignal_add(sig_term, NULL);
+	drain_tick = evtimer_new(base, drain_tick_cb, NULL);
+	accept_retry = evtimer_new(base, accept_retry_cb, NULL);
+
+	event_base_dispatch(base);
+
+	/* Teardown order matters (LWS-NOTES): lws before the base. */
+	if (listener != NULL)
+		evconnlistener_free(listener);
+	if (context != NULL)
+		lws_context_destroy(context);
+	ws_free_all();
+	if (ipc != NULL) {
+		/* Best effort: hand the supervisor what is still buffered. */
+		struct evbuffer *out = bufferevent_get_output(ipc);
+		evbuffer_write(out, WORKER_IPC_FD);
+		bufferevent_free(ipc);
+	}
+	ipc_reader_free(reader);
+	event_free(sig_term);
+	event_free(drain_tick);
+	event_free(accept_retry);
+	event_base_free(base);
+	log_debug("exiting with %d", exit_code);
+	return exit_code;
+}

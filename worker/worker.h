@@ -1,0 +1,64 @@
+/* The worker process: one libevent loop running libwebsockets (HTTP/1.1 and
+ * WebSocket on connections accepted from the shared listening socket), the
+ * IPC link to the supervisor, and timers. Internal to worker/. */
+#ifndef MR_WORKER_H
+#define MR_WORKER_H
+
+#include "../core/config.h"
+
+#include <libwebsockets.h>
+#include <msgpack.h>
+#include <stdint.h>
+
+/* fds the supervisor hands every worker across exec */
+#define WORKER_LISTEN_FD 3
+#define WORKER_IPC_FD 4
+
+/* Entry point of "mephisto-router --worker SLOT". Returns the exit code. */
+int worker_main(int slot);
+
+/* ---- shared inside the worker ---- */
+
+struct conn;
+
+/* Per-connection user data of our lws protocol, for HTTP and WebSocket. */
+struct session {
+	struct conn *conn; /* WebSocket only */
+	/* HTTP: the answer waiting for the WRITEABLE callback */
+	char *body;
+	size_t body_len;
+	int close_after; /* close instead of keeping the connection alive */
+};
+
+struct worker_stats {
+	uint64_t connections; /* open TCP connections (HTTP or WebSocket) */
+	uint64_t websockets;
+	uint64_t refused_connections; /* over max_connections */
+	uint64_t backpressure_pauses;
+};
+
+extern struct config worker_cfg;
+extern int worker_slot;
+extern struct worker_stats worker_stats;
+
+/* IPC towards the supervisor. worker_ipc_packer() appends to the IPC output
+ * buffer; worker_ipc_check() applies backpressure when it grew too long. */
+msgpack_packer *worker_ipc_packer(void);
+void worker_ipc_check(void);
+int worker_ipc_paused(void);
+
+/* ws.c: WebSocket connections, addressed by 64-bit ids */
+int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		struct session *s, void *in, size_t len);
+void ws_send(uint64_t conn, const char *data, size_t len);
+void ws_close(uint64_t conn, uint32_t code);
+void ws_close_all(uint32_t code);
+void ws_pause_all(int paused);
+size_t ws_count(void);
+void ws_free_all(void);
+
+/* http.c: HTTP requests */
+int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		  struct session *s, void *in, size_t len);
+
+#endif
