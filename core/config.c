@@ -64,10 +64,8 @@ static int parse_number(const struct key *k, const char *v, double *out,
 		long long n = strtoll(v, &end, 10);
 		*out = (double)n;
 	}
-	if (end == v || errno != 0 || !isfinite(*out)) {
-		snprintf(why, whylen, "expected a number");
-		return -1;
-	}
+	if (end == v || errno != 0 || !isfinite(*out))
+		goto bad;
 	if (k->type == KEY_SIZE && *end != '\0' && end[1] == '\0') {
 		switch (*end) {
 		case 'k': case 'K': mult = 1024.0; end++; break;
@@ -75,19 +73,20 @@ static int parse_number(const struct key *k, const char *v, double *out,
 		case 'g': case 'G': mult = 1024.0 * 1024 * 1024; end++; break;
 		}
 	}
-	if (*end != '\0') {
-		snprintf(why, whylen, "%s",
-			 k->type == KEY_SIZE ? "expected a number with an optional K, M or G"
-			 : k->type == KEY_SECONDS ? "expected seconds"
-			 : "expected an integer");
-		return -1;
-	}
+	if (*end != '\0')
+		goto bad;
 	*out *= mult;
 	if (*out < k->min || *out > k->max) {
 		snprintf(why, whylen, "must be between %.15g and %.15g", k->min, k->max);
 		return -1;
 	}
 	return 0;
+bad:
+	snprintf(why, whylen, "%s",
+		 k->type == KEY_SIZE ? "expected a number with an optional K, M or G"
+		 : k->type == KEY_SECONDS ? "expected seconds"
+		 : "expected an integer");
+	return -1;
 }
 
 int config_set(struct config *c, const char *key, const char *value,

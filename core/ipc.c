@@ -363,7 +363,9 @@ int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		snprintf(err, errlen, "msgpack parse error");
 		return -1;
 	case MSGPACK_UNPACK_NOMEM_ERROR:
-		fatal("out of memory decoding IPC");
+		/* e.g. an array header claiming billions of elements */
+		snprintf(err, errlen, "msgpack value too large to allocate");
+		return -1;
 	default:
 		snprintf(err, errlen, "msgpack unpacker error %d", (int)ret);
 		return -1;

@@ -55,15 +55,21 @@ static const struct lws_protocol_vhost_options mime_wav = {
 };
 static const struct lws_http_mount mime_mount = { .extra_mimetypes = &mime_wav };
 
-/* Our headers, appended to an lws header buffer. */
-static int add_router_headers(struct lws *wsi, unsigned char **p,
-			      unsigned char *end)
+static int add_worker_header(struct lws *wsi, unsigned char **p,
+			     unsigned char *end)
 {
 	char slot[16];
 	int n = snprintf(slot, sizeof slot, "%d", worker_slot);
 
-	if (lws_add_http_header_by_name(wsi, (const unsigned char *)"x-router-worker:",
-					(const unsigned char *)slot, n, p, end) ||
+	return lws_add_http_header_by_name(wsi, (const unsigned char *)"x-router-worker:",
+					   (const unsigned char *)slot, n, p, end);
+}
+
+/* Our headers, appended to an lws header buffer. */
+static int add_router_headers(struct lws *wsi, unsigned char **p,
+			      unsigned char *end)
+{
+	if (add_worker_header(wsi, p, end) ||
 	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
 					(const unsigned char *)"no-cache", 8, p, end))
 		return -1;
@@ -211,9 +217,16 @@ static int on_request(struct lws *wsi, struct session *s)
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		  struct session *s, void *in, size_t len)
 {
-	(void)in;
 	(void)len;
 	switch (reason) {
+	case LWS_CALLBACK_ADD_HEADERS: {
+		struct lws_process_html_args *args = in;
+		unsigned char *p = (unsigned char *)args->p;
+		if (add_worker_header(wsi, &p, p + args->max_len))
+			return -1;
+		args->p = (char *)p;
+		return 0;
+	}
 	case LWS_CALLBACK_HTTP:
 		return on_request(wsi, s);
 	case LWS_CALLBACK_HTTP_WRITEABLE:

@@ -16,6 +16,8 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +213,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 		      struct sockaddr *addr, int socklen, void *arg)
 {
 	static time_t last_warning;
+	int one = 1;
 
 	(void)l;
 	(void)addr;
@@ -227,6 +230,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 		close(fd);
 		return;
 	}
+	/* Answers go out in more than one write: do not let Nagle hold the
+	 * second one for the peer's delayed ACK (40 ms per request). */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	/* lws closes fd itself when adoption fails. */
 	if (lws_adopt_socket_vhost(vhost, fd) == NULL)
 		log_warn("could not adopt a connection");
@@ -263,6 +269,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 	case LWS_CALLBACK_CLOSED:
 		return ws_callback(wsi, reason, s, in, len);
+	case LWS_CALLBACK_ADD_HEADERS: /* the WebSocket upgrade answer */
 	case LWS_CALLBACK_HTTP:
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:

@@ -34,9 +34,24 @@ LOG_TAIL_LINES = 60
 
 _router_ids = itertools.count(1)
 
+# sanitizer reports (ASan/UBSan/LSan builds) in a log or on stderr fail the test
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:", "WARNING: AddressSanitizer")
+
+
+def sanitizer_report(text):
+    """The first lines of a sanitizer report found in text, or None."""
+    for marker in SANITIZER_MARKERS:
+        i = text.find(marker)
+        if i >= 0:
+            start = text.rfind("\n", 0, i) + 1
+            return "\n".join(text[start:].splitlines()[:40])
+    return None
+
 
 def router_binary():
-    return os.environ.get("MEPHISTO_ROUTER_BIN") or str(DEFAULT_BIN)
+    # absolute: the router runs with its own cwd
+    return os.path.abspath(os.environ.get("MEPHISTO_ROUTER_BIN") or str(DEFAULT_BIN))
 
 
 def require_binary():
@@ -718,6 +733,10 @@ def router_factory(request, tmp_path):
         if left:
             problems.append("router %d: processes survived SIGKILL of the group: %s"
                             % (r.id, left))
+        rep = sanitizer_report(r.log())
+        if rep:
+            problems.append("router %d: sanitizer report in %s:\n%s"
+                            % (r.id, r.log_path, rep))
     assert not problems, "\n".join(problems)
 
 
@@ -733,11 +752,18 @@ def cli(tmp_path):
     teardown that nothing of those runs survives."""
     pgids = []
 
+    reports = []
+
     def run(args, timeout=10.0, env=None, cwd=None):
-        return run_cli(args, timeout=timeout, env=env,
-                       cwd=str(cwd) if cwd is not None else str(tmp_path),
-                       pgids=pgids)
+        res = run_cli(args, timeout=timeout, env=env,
+                      cwd=str(cwd) if cwd is not None else str(tmp_path),
+                      pgids=pgids)
+        rep = sanitizer_report(res.stderr + res.stdout)
+        if rep:
+            reports.append("%s:\n%s" % (args, rep))
+        return res
     yield run
+    assert not reports, "sanitizer reports:\n" + "\n".join(reports)
     left = []
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -1,0 +1,290 @@
+/* Unit tests of the IPC codec: every message round trip; truncated,
+ * oversized and garbage input. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "../../core/ipc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static char err[512];
+
+/* Pack with fn into a fresh buffer. */
+#define PACK(sbuf, call)                                                       \
+	do {                                                                   \
+		msgpack_packer pk;                                             \
+		msgpack_sbuffer_init(&(sbuf));                                 \
+		msgpack_packer_init(&pk, &(sbuf), msgpack_sbuffer_write);      \
+		assert_int_equal((call), 0);                                   \
+	} while (0)
+
+static void feed(struct ipc_reader *r, const void *data, size_t len)
+{
+	memcpy(ipc_reader_buffer(r, len), data, len);
+	ipc_reader_consumed(r, len);
+}
+
+/* Decode exactly one message out of buf. */
+static void decode_one(const msgpack_sbuffer *buf, struct ipc_msg *m,
+		       struct ipc_reader **keep)
+{
+	struct ipc_reader *r = ipc_reader_new(1 << 20);
+
+	feed(r, buf->data, buf->size);
+	assert_int_equal(ipc_reader_next(r, m, err, sizeof err), 1);
+	*keep = r;
+}
+
+static void test_round_trip_every_message(void **state)
+{
+	msgpack_sbuffer b;
+	struct ipc_msg m;
+	struct ipc_reader *r;
+	const char payload[] = "{\"packet_type\": \"heartbeat\"}";
+
+	(void)state;
+	PACK(b, ipc_pack_hello_worker(&pk, 3, 4242));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_HELLO_WORKER);
+	assert_int_equal(m.version, IPC_PROTOCOL_VERSION);
+	assert_int_equal(m.slot, 3);
+	assert_int_equal(m.pid, 4242);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_hello_supervisor(&pk, 7, "port = 1\n", 9));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_HELLO_SUPERVISOR);
+	assert_int_equal(m.version, IPC_PROTOCOL_VERSION);
+	assert_int_equal(m.slot, 7);
+	assert_int_equal(m.len, 9);
+	assert_memory_equal(m.data, "port = 1\n", 9);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_opened(&pk, UINT64_MAX));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_OPENED);
+	assert_true(m.conn == UINT64_MAX);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_closed(&pk, 0));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_CLOSED);
+	assert_true(m.conn == 0);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_frame(&pk, (1ULL << 32) | 5, payload, sizeof payload - 1));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_FRAME);
+	assert_true(m.conn == ((1ULL << 32) | 5));
+	assert_int_equal(m.len, sizeof payload - 1);
+	assert_memory_equal(m.data, payload, m.len);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_send(&pk, 9, "", 0));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_SEND);
+	assert_true(m.conn == 9);
+	assert_int_equal(m.len, 0);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_close(&pk, 11, 1009));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_CLOSE);
+	assert_true(m.conn == 11);
+	assert_int_equal(m.code, 1009);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_drain(&pk));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_DRAIN);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_config(&pk, "workers = 4\n", 12));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_CONFIG);
+	assert_memory_equal(m.data, "workers = 4\n", 12);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+}
+
+/* A stream of several messages fed one byte at a time. */
+static void test_stream_byte_by_byte(void **state)
+{
+	msgpack_sbuffer b;
+	msgpack_packer pk;
+	struct ipc_reader *r = ipc_reader_new(1 << 20);
+	struct ipc_msg m;
+	int got = 0;
+
+	(void)state;
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+	for (uint64_t i = 0; i < 100; i++)
+		ipc_pack_ws_frame(&pk, i, "abcdef", (size_t)(i % 7));
+	for (size_t i = 0; i < b.size; i++) {
+		int rc;
+		feed(r, b.data + i, 1);
+		while ((rc = ipc_reader_next(r, &m, err, sizeof err)) == 1) {
+			assert_int_equal(m.type, IPC_WS_FRAME);
+			assert_true(m.conn == (uint64_t)got);
+			assert_int_equal(m.len, got % 7);
+			got++;
+		}
+		assert_int_equal(rc, 0);
+	}
+	assert_int_equal(got, 100);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+}
+
+static void test_truncated(void **state)
+{
+	msgpack_sbuffer b;
+	struct ipc_reader *r;
+	struct ipc_msg m;
+
+	(void)state;
+	PACK(b, ipc_pack_ws_send(&pk, 1, "hello world", 11));
+	for (size_t cut = 0; cut < b.size; cut++) {
+		r = ipc_reader_new(1 << 20);
+		feed(r, b.data, cut);
+		assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 0);
+		feed(r, b.data + cut, b.size - cut);
+		assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 1);
+		assert_memory_equal(m.data, "hello world", 11);
+		ipc_reader_free(r);
+	}
+	msgpack_sbuffer_destroy(&b);
+}
+
+static void test_oversized(void **state)
+{
+	msgpack_sbuffer b;
+	struct ipc_reader *r;
+	struct ipc_msg m;
+	size_t big = 64 * 1024;
+	char *payload = calloc(1, big);
+
+	(void)state;
+	PACK(b, ipc_pack_ws_frame(&pk, 1, payload, big));
+	/* Complete but over the bound. */
+	r = ipc_reader_new(big / 2);
+	feed(r, b.data, b.size);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), -1);
+	assert_non_null(strstr(err, "exceeds the bound"));
+	ipc_reader_free(r);
+	/* Incomplete and already over the bound: refused before the rest. */
+	r = ipc_reader_new(big / 2);
+	feed(r, b.data, big / 2 + 100);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), -1);
+	assert_non_null(strstr(err, "exceeds the bound"));
+	ipc_reader_free(r);
+	/* At the bound: accepted. */
+	r = ipc_reader_new(big + IPC_MESSAGE_OVERHEAD);
+	feed(r, b.data, b.size);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 1);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+	free(payload);
+}
+
+static void expect_garbage(const void *bytes, size_t len, const char *fragment)
+{
+	struct ipc_reader *r = ipc_reader_new(1 << 20);
+	struct ipc_msg m;
+
+	feed(r, bytes, len);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), -1);
+	if (strstr(err, fragment) == NULL)
+		fail_msg("error '%s' does not contain '%s'", err, fragment);
+	ipc_reader_free(r);
+}
+
+static void test_garbage(void **state)
+{
+	msgpack_sbuffer b;
+	msgpack_packer pk;
+
+	(void)state;
+	/* 0xc1 is never valid msgpack */
+	expect_garbage("\xc1", 1, "parse error");
+	/* a bare integer, an empty array, a map */
+	expect_garbage("\x05", 1, "not a non-empty array");
+	expect_garbage("\x90", 1, "not a non-empty array");
+	expect_garbage("\x81\x01\x02", 3, "not a non-empty array");
+	/* [ "x" ]: type not an integer */
+	expect_garbage("\x91\xa1x", 3, "type is not an integer");
+	/* [ 999 ]: unknown type */
+	expect_garbage("\x91\xcd\x03\xe7", 4, "unknown message type 999");
+	/* [ WS_OPENED ] without its conn */
+	expect_garbage("\x91\x64", 2, "WS_OPENED: field 1: missing");
+	/* [ WS_OPENED, -1 ] */
+	expect_garbage("\x92\x64\xff", 3, "expected an unsigned integer");
+	/* [ WS_OPENED, 1, 2 ]: extra field */
+	expect_garbage("\x93\x64\x01\x02", 4, "unexpected extra field");
+	/* [ WS_FRAME, 1, "str" ]: str where bin is expected */
+	expect_garbage("\x93\x66\x01\xa1x", 5, "expected bin");
+	/* [ HELLO_WORKER, 1, 2^40, 0 ]: slot out of uint32 range */
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+	msgpack_pack_array(&pk, 4);
+	msgpack_pack_uint32(&pk, IPC_HELLO_WORKER);
+	msgpack_pack_uint32(&pk, 1);
+	msgpack_pack_uint64(&pk, 1ULL << 40);
+	msgpack_pack_int64(&pk, 0);
+	expect_garbage(b.data, b.size, "in range");
+	msgpack_sbuffer_destroy(&b);
+	/* WS_CLOSE with a code outside 1000..4999 */
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+	ipc_pack_ws_close(&pk, 1, 42);
+	expect_garbage(b.data, b.size, "close code out of range");
+	msgpack_sbuffer_destroy(&b);
+}
+
+/* Random bytes never crash the reader, and it ends in a defined state. */
+static void test_random_bytes(void **state)
+{
+	unsigned int seed = 12345;
+
+	(void)state;
+	for (int round = 0; round < 2000; round++) {
+		struct ipc_reader *r = ipc_reader_new(4096);
+		unsigned char bytes[64];
+		struct ipc_msg m;
+		int rc;
+
+		for (size_t i = 0; i < sizeof bytes; i++)
+			bytes[i] = (unsigned char)rand_r(&seed);
+		feed(r, bytes, (size_t)(rand_r(&seed) % (int)sizeof bytes) + 1);
+		while ((rc = ipc_reader_next(r, &m, err, sizeof err)) == 1)
+			assert_true(m.type != 0);
+		assert_true(rc == 0 || rc == -1);
+		ipc_reader_free(r);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_round_trip_every_message),
+		cmocka_unit_test(test_stream_byte_by_byte),
+		cmocka_unit_test(test_truncated),
+		cmocka_unit_test(test_oversized),
+		cmocka_unit_test(test_garbage),
+		cmocka_unit_test(test_random_bytes),
+	};
+	return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);
+}
