@@ -19,6 +19,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,6 +299,24 @@ static void lws_log(int level, const char *line)
 		"lws: %.*s", (int)n, line);
 }
 
+/* Every connection is a descriptor: a limit below max_connections would
+ * turn into accept errors under load, so it is a configuration error now. */
+static int check_fd_limit(void)
+{
+	struct rlimit rl;
+	rlim_t need = (rlim_t)worker_cfg.max_connections + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
+		log_error("max_connections = %lld needs %llu open files but the limit "
+			  "is %llu: lower max_connections or raise the limit "
+			  "(ulimit -n, LimitNOFILE=)",
+			  (long long)worker_cfg.max_connections,
+			  (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+		return -1;
+	}
+	return 0;
+}
+
 static int worker_start(const struct ipc_msg *m)
 {
 	struct lws_context_creation_info info;
@@ -325,6 +344,8 @@ static int worker_start(const struct ipc_msg *m)
 	lws_set_log_level(LLL_ERR | (worker_cfg.log_level >= LOG_LVL_DEBUG ? LLL_WARN : 0),
 			  lws_log);
 
+	if (check_fd_limit() < 0)
+		return -1;
 	memset(&info, 0, sizeof info);
 	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
 	info.protocols = protocols;

@@ -3,6 +3,7 @@ processes (prefork, respawn, reload, shutdown), HTTP endpoints, static files
 and WebSocket basics. Everything targets 127.0.0.1 only."""
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import (WSClient, free_port, group_members, is_running,
-                      keepalive_connection, read_cmdline, read_stat, wait_until)
+                      keepalive_connection, read_cmdline, read_stat, require_binary,
+                      wait_until)
 
 
 def packet(n=0, pad="", ts=None):
@@ -565,3 +567,35 @@ def test_embedded_default(router_factory, tmp_path):
     rc = r.stop(timeout=5 + 3)
     assert rc == 0, "exit status %r on SIGTERM" % rc
     assert wait_until(lambda: not pids_alive(pids), 1.0), pids_alive(pids)
+
+
+def test_worker_config_error_is_not_respawned(cli, tmp_path):
+    """A worker that exits with the configuration-error code (here: an open
+    file limit below max_connections) is not restarted in a loop: the
+    router stops with exit 2 and says why."""
+    import resource
+
+    static = tmp_path / "static"
+    static.mkdir()
+    conf = tmp_path / "r.conf"
+    conf.write_text("listen_address = 127.0.0.1\nport = %d\nworkers = 2\n"
+                    "static_dir = %s\nstate_path = %s\nmax_connections = 5000\n"
+                    % (free_port(), static, tmp_path / "s.db"))
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    proc = subprocess.Popen(
+        [require_binary(), "--config", str(conf)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=low_fd_limit)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 2, text
+    assert "max_connections = 5000" in text and "limit is 512" in text, text
+    assert "not restarting it" in text, text
+    assert text.count("started (pid") == 2, text
