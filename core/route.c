@@ -1,0 +1,872 @@
+/* The routing state machine (see route.h for the rules). */
+#include "route.h"
+
+#include "log.h"
+#include "map.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A packet waiting for its destination; queues are kept in seq order. */
+struct qitem {
+	struct qitem *next;
+	uint64_t seq;
+	double created;
+	size_t len;
+	char data[];
+};
+
+struct queue {
+	struct qitem *head, *tail;
+	size_t count;
+};
+
+struct endpoint {
+	uint32_t worker;
+	uint64_t conn;
+};
+
+struct agent {
+	char *id;
+	char *status;
+	int attached;
+	struct endpoint at;
+	double last_ping;       /* 0: never */
+	double disconnect_time; /* 0: never, or attached since */
+	struct queue queue;
+};
+
+struct waiting {
+	char *request_id;
+	uint32_t worker;
+	uint64_t req;
+	double deadline;
+};
+
+enum refusal {
+	REFUSE_UNKNOWN_TYPE,
+	REFUSE_BACKEND_TYPE_FROM_AGENT,
+	REFUSE_AGENT_TYPE_FROM_BACKEND,
+	REFUSE_NO_SUBJECT,
+	REFUSE_COUNT
+};
+
+struct route {
+	struct route_config cfg;
+	struct map *agents;  /* id -> struct agent */
+	struct map *conns;   /* struct endpoint -> struct agent */
+	struct map *waiting; /* request id -> struct waiting */
+	struct map *versions; /* mephisto-task versions already reported */
+	int has_channel;
+	struct endpoint channel;
+	struct queue backend;
+	double started;
+	double last_poll; /* 0: no request_statuses yet */
+	uint64_t next_seq;
+	struct route_action *actions;
+	size_t nactions, actions_cap;
+	struct qitem *sent; /* queue items referenced by actions */
+	char **owned;       /* buffers referenced by actions */
+	size_t nowned, owned_cap;
+	struct route_stats stats;
+	int refusal_logged[REFUSE_COUNT];
+};
+
+/* ---- helpers ---- */
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+
+	if (d == NULL)
+		fatal("out of memory");
+	return d;
+}
+
+static void *own(struct route *r, char *buf)
+{
+	if (r->nowned == r->owned_cap) {
+		r->owned_cap = r->owned_cap ? r->owned_cap * 2 : 16;
+		r->owned = realloc(r->owned, r->owned_cap * sizeof *r->owned);
+		if (r->owned == NULL)
+			fatal("out of memory");
+	}
+	r->owned[r->nowned++] = buf;
+	return buf;
+}
+
+static struct route_action *action_add(struct route *r, enum route_action_kind kind,
+				       uint32_t worker, uint64_t id)
+{
+	struct route_action *a;
+
+	if (r->nactions == r->actions_cap) {
+		r->actions_cap = r->actions_cap ? r->actions_cap * 2 : 32;
+		r->actions = realloc(r->actions, r->actions_cap * sizeof *r->actions);
+		if (r->actions == NULL)
+			fatal("out of memory");
+	}
+	a = &r->actions[r->nactions++];
+	memset(a, 0, sizeof *a);
+	a->kind = kind;
+	a->worker = worker;
+	a->id = id;
+	a->dest = "";
+	return a;
+}
+
+static void send_to(struct route *r, struct endpoint to, const char *dest,
+		    uint64_t seq, const char *data, size_t len)
+{
+	struct route_action *a = action_add(r, ROUTE_SEND, to.worker, to.conn);
+
+	a->dest = dest;
+	a->seq = seq;
+	a->data = data;
+	a->len = len;
+	r->stats.packets_routed++;
+}
+
+static void http_answer(struct route *r, uint32_t worker, uint64_t req,
+			unsigned int status, const char *data, size_t len)
+{
+	struct route_action *a = action_add(r, ROUTE_HTTP_ANSWER, worker, req);
+
+	a->status = status;
+	a->data = data;
+	a->len = len;
+}
+
+static char *own_copy(struct route *r, const char *data, size_t len)
+{
+	char *copy = malloc(len + 1);
+
+	if (copy == NULL)
+		fatal("out of memory");
+	memcpy(copy, data, len);
+	copy[len] = '\0';
+	return own(r, copy);
+}
+
+/* A JSON text built with jansson, owned until route_clear_actions(). */
+static char *dump_owned(struct route *r, json_t *obj, size_t *len)
+{
+	char *text = json_dumps(obj, JSON_COMPACT);
+
+	json_decref(obj);
+	if (text == NULL)
+		fatal("out of memory");
+	*len = strlen(text);
+	return own(r, text);
+}
+
+static void refuse(struct route *r, enum refusal why, const struct packet *p,
+		   uint32_t worker, uint64_t conn)
+{
+	static const char *const reasons[REFUSE_COUNT] = {
+		"unknown packet type",
+		"a backend packet type from a socket that is not the Mephisto channel",
+		"an agent packet type from the Mephisto channel",
+		"no subject_id",
+	};
+
+	r->stats.packets_refused++;
+	if (!r->refusal_logged[why]) {
+		r->refusal_logged[why] = 1;
+		log_warn("dropped a %s packet from worker %u conn %llu: %s "
+			 "(logged once; see the refused-packet count)",
+			 packet_type_name(p->type), worker, (unsigned long long)conn,
+			 reasons[why]);
+	}
+}
+
+/* ---- queues ---- */
+
+static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_t len)
+{
+	struct qitem *q = malloc(sizeof *q + len + 1);
+
+	if (q == NULL)
+		fatal("out of memory");
+	q->next = NULL;
+	q->seq = seq;
+	q->created = now;
+	q->len = len;
+	memcpy(q->data, data, len);
+	q->data[len] = '\0';
+	return q;
+}
+
+/* Insert in seq order (new packets go to the tail at once). */
+static void queue_insert(struct queue *q, struct qitem *item)
+{
+	struct qitem **at;
+
+	if (q->tail == NULL || q->tail->seq < item->seq) {
+		if (q->tail != NULL)
+			q->tail->next = item;
+		else
+			q->head = item;
+		q->tail = item;
+	} else {
+		for (at = &q->head; *at != NULL && (*at)->seq < item->seq; at = &(*at)->next)
+			;
+		item->next = *at;
+		*at = item;
+	}
+	q->count++;
+}
+
+static struct qitem *queue_pop(struct queue *q)
+{
+	struct qitem *item = q->head;
+
+	if (item == NULL)
+		return NULL;
+	q->head = item->next;
+	if (q->head == NULL)
+		q->tail = NULL;
+	q->count--;
+	item->next = NULL;
+	return item;
+}
+
+static void queue_clear(struct queue *q)
+{
+	struct qitem *item;
+
+	while ((item = queue_pop(q)) != NULL)
+		free(item);
+}
+
+static void queue_trim(struct route *r, struct queue *q, size_t max,
+		       double max_age, double now, const char *dest)
+{
+	size_t dropped = 0;
+
+	while (q->count > max ||
+	       (q->head != NULL && max_age > 0 && now - q->head->created > max_age)) {
+		free(queue_pop(q));
+		dropped++;
+	}
+	if (dropped > 0) {
+		r->stats.packets_dropped += dropped;
+		log_warn("dropped the %zu oldest packet%s queued for %s (bound: %zu "
+			 "packets%s)", dropped, dropped == 1 ? "" : "s", dest, max,
+			 max_age > 0 ? " or the age limit" : "");
+	}
+}
+
+/* Send every queued packet of q to `to`, in order. */
+static void queue_flush(struct route *r, struct queue *q, struct endpoint to,
+			const char *dest)
+{
+	struct qitem *item;
+
+	while ((item = queue_pop(q)) != NULL) {
+		send_to(r, to, dest, item->seq, item->data, item->len);
+		item->next = r->sent; /* freed by route_clear_actions() */
+		r->sent = item;
+	}
+}
+
+/* ---- agents ---- */
+
+static struct agent *agent_find(const struct route *r, const char *id)
+{
+	return map_get(r->agents, id, strlen(id));
+}
+
+static struct agent *agent_get(struct route *r, const char *id, double now)
+{
+	struct agent *a = agent_find(r, id);
+
+	(void)now;
+	if (a != NULL)
+		return a;
+	a = calloc(1, sizeof *a);
+	if (a == NULL)
+		fatal("out of memory");
+	a->id = xstrdup(id);
+	a->status = xstrdup("none");
+	map_put(r->agents, id, strlen(id), a);
+	return a;
+}
+
+static void agent_detach(struct route *r, struct agent *a, double now)
+{
+	if (!a->attached)
+		return;
+	map_del(r->conns, &a->at, sizeof a->at);
+	a->attached = 0;
+	a->disconnect_time = now;
+}
+
+static void agent_free(struct agent *a)
+{
+	queue_clear(&a->queue);
+	free(a->id);
+	free(a->status);
+	free(a);
+}
+
+static void agent_forget(struct route *r, const char *id)
+{
+	struct agent *a = map_del(r->agents, id, strlen(id));
+
+	if (a == NULL)
+		return;
+	if (a->attached)
+		map_del(r->conns, &a->at, sizeof a->at);
+	agent_free(a);
+}
+
+static void agent_set_status(struct agent *a, const char *status)
+{
+	if (strcmp(a->status, status) == 0)
+		return;
+	free(a->status);
+	a->status = xstrdup(status);
+}
+
+/* Route a packet to an agent: now if attached, else into its queue. */
+static void to_agent(struct route *r, struct agent *a, const char *data,
+		     size_t len, int copy, double now)
+{
+	uint64_t seq = ++r->next_seq;
+
+	if (a->attached) {
+		if (copy)
+			data = own_copy(r, data, len);
+		send_to(r, a->at, a->id, seq, data, len);
+		return;
+	}
+	queue_insert(&a->queue, qitem_new(seq, now, data, len));
+	r->stats.packets_queued++;
+	queue_trim(r, &a->queue, r->cfg.max_agent_queue, 0, now, a->id);
+}
+
+static void to_backend(struct route *r, const char *data, size_t len, int copy,
+		       double now)
+{
+	uint64_t seq = ++r->next_seq;
+
+	if (r->has_channel) {
+		if (copy)
+			data = own_copy(r, data, len);
+		send_to(r, r->channel, PACKET_MEPHISTO, seq, data, len);
+		return;
+	}
+	queue_insert(&r->backend, qitem_new(seq, now, data, len));
+	r->stats.packets_queued++;
+	queue_trim(r, &r->backend, r->cfg.max_backend_queue,
+		   r->cfg.max_backend_queue_age, now, "the backend");
+}
+
+static void send_update_status(struct route *r, struct agent *a, double now)
+{
+	size_t len;
+	char *text = dump_owned(r, json_pack("{s:s, s:s, s:{s:s}}",
+					     "packet_type", "update_status",
+					     "subject_id", a->id,
+					     "data", "status", a->status), &len);
+
+	to_agent(r, a, text, len, 0, now);
+}
+
+static void agent_attach(struct route *r, struct agent *a, uint32_t worker,
+			 uint64_t conn, double now)
+{
+	struct endpoint at = { worker, conn };
+	struct agent *other;
+
+	(void)now;
+	if (a->attached && a->at.worker == worker && a->at.conn == conn)
+		return;
+	agent_detach(r, a, now);
+	/* One agent per connection: a socket that says it is someone else
+	 * now stops being the previous agent's. */
+	other = map_get(r->conns, &at, sizeof at);
+	if (other != NULL)
+		agent_detach(r, other, now);
+	a->attached = 1;
+	a->at = at;
+	a->disconnect_time = 0;
+	map_put(r->conns, &at, sizeof at, a);
+}
+
+/* ---- liveness ---- */
+
+static void apply_liveness(struct route *r, double now)
+{
+	size_t pos = 0;
+	void *value;
+
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
+		struct agent *a = value;
+
+		if (!a->attached && a->disconnect_time != 0 &&
+		    now - a->disconnect_time >= r->cfg.reconnect_grace &&
+		    !status_is_final(a->status)) {
+			log_info("agent %s: no reconnection within %.1f s of its socket "
+				 "closing: disconnect", a->id, r->cfg.reconnect_grace);
+			agent_set_status(a, "disconnect");
+		}
+		if (status_is_live(a->status) && a->last_ping != 0 &&
+		    now - a->last_ping >= r->cfg.heartbeat_timeout) {
+			log_info("agent %s: no heartbeat for %.1f s: disconnect", a->id,
+				 now - a->last_ping);
+			agent_set_status(a, "disconnect");
+			send_update_status(r, a, now);
+		}
+	}
+}
+
+static void expire_requests(struct route *r, double now)
+{
+	size_t pos = 0;
+	void *value;
+	char *expired[64];
+	size_t n;
+
+	do {
+		n = 0;
+		pos = 0;
+		while (n < 64 && map_next(r->waiting, &pos, NULL, NULL, &value)) {
+			struct waiting *w = value;
+			if (now >= w->deadline)
+				expired[n++] = w->request_id;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct waiting *w = map_del(r->waiting, expired[i], strlen(expired[i]));
+			size_t len;
+			char *body = dump_owned(r, json_pack("{s:s, s:s}", "error",
+				"timed out waiting for the Mephisto backend to answer",
+				"request_id", w->request_id), &len);
+
+			log_warn("request %s: no agent_details within %.1f s; answered 408",
+				 w->request_id, r->cfg.request_timeout);
+			http_answer(r, w->worker, w->req, 408, body, len);
+			r->stats.requests_timed_out++;
+			free(w->request_id);
+			free(w);
+		}
+	} while (n == 64);
+}
+
+/* ---- events ---- */
+
+struct route *route_new(const struct route_config *cfg, double now)
+{
+	struct route *r = calloc(1, sizeof *r);
+
+	if (r == NULL)
+		fatal("out of memory");
+	r->cfg = *cfg;
+	r->agents = map_new();
+	r->conns = map_new();
+	r->waiting = map_new();
+	r->versions = map_new();
+	r->started = now;
+	return r;
+}
+
+void route_set_config(struct route *r, const struct route_config *cfg)
+{
+	r->cfg = *cfg;
+}
+
+void route_free(struct route *r)
+{
+	size_t pos = 0;
+	void *value;
+
+	if (r == NULL)
+		return;
+	route_clear_actions(r);
+	while (map_next(r->agents, &pos, NULL, NULL, &value))
+		agent_free(value);
+	pos = 0;
+	while (map_next(r->waiting, &pos, NULL, NULL, &value)) {
+		struct waiting *w = value;
+		free(w->request_id);
+		free(w);
+	}
+	map_free(r->agents);
+	map_free(r->conns);
+	map_free(r->waiting);
+	map_free(r->versions);
+	queue_clear(&r->backend);
+	free(r->actions);
+	free(r->owned);
+	free(r);
+}
+
+static int is_channel(const struct route *r, uint32_t worker, uint64_t conn)
+{
+	return r->has_channel && r->channel.worker == worker && r->channel.conn == conn;
+}
+
+static int backend_type(enum packet_type t)
+{
+	return t == PKT_CLIENT_BOUND_LIVE_UPDATE || t == PKT_UPDATE_STATUS ||
+	       t == PKT_AGENT_DETAILS || t == PKT_REQUEST_STATUSES;
+}
+
+static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
+			 const struct packet *p, double now)
+{
+	struct agent *a = agent_find(r, p->subject_id);
+	double poll = r->last_poll != 0 ? r->last_poll : r->started;
+	double ping = poll;
+	char member[512];
+	json_t *data;
+	char *data_text, *answer;
+	size_t len;
+	int n;
+
+	if (!isnan(p->client_timestamp) && !isnan(p->router_incoming_timestamp))
+		ping = poll + (p->client_timestamp - p->router_incoming_timestamp);
+	data = json_pack("{s:I}", "last_mephisto_ping", (json_int_t)llround(ping * 1000));
+	if (a != NULL) {
+		json_object_set_new(data, "status", json_string(a->status));
+		a->last_ping = now;
+		if (!(a->attached && a->at.worker == worker && a->at.conn == conn)) {
+			agent_attach(r, a, worker, conn, now);
+			queue_flush(r, &a->queue, a->at, a->id);
+		}
+	}
+	data_text = json_dumps(data, JSON_COMPACT);
+	json_decref(data);
+	if (data_text == NULL)
+		fatal("out of memory");
+	n = snprintf(member, sizeof member, "\"data\":%s", data_text);
+	if (n < 0 || (size_t)n >= sizeof member) {
+		/* A status of absurd length; answer without it. */
+		n = snprintf(member, sizeof member, "\"data\":{\"last_mephisto_ping\":%lld}",
+			     (long long)llround(ping * 1000));
+	}
+	free(data_text);
+	answer = own(r, packet_add_member(p->payload, p->len, member, (size_t)n, &len));
+	send_to(r, (struct endpoint){ worker, conn }, "", 0, answer, len);
+}
+
+static void on_request_statuses(struct route *r, const struct packet *p, double now)
+{
+	json_t *statuses = json_object(), *packet;
+	size_t pos = 0, len;
+	void *value;
+	char *text;
+
+	r->last_poll = now;
+	apply_liveness(r, now);
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
+		struct agent *a = value;
+		json_object_set_new(statuses, a->id, json_string(a->status));
+	}
+	packet = json_pack("{s:s, s:s, s:o}", "packet_type", "return_statuses",
+			   "subject_id", PACKET_MEPHISTO, "data", statuses);
+	json_object_set_new(packet, "client_timestamp",
+			    isnan(p->server_timestamp) ? json_null()
+						       : json_real(p->server_timestamp));
+	json_object_set_new(packet, "router_incoming_timestamp",
+			    isnan(p->router_incoming_timestamp)
+				    ? json_null()
+				    : json_real(p->router_incoming_timestamp));
+	text = dump_owned(r, packet, &len);
+	send_to(r, r->channel, PACKET_MEPHISTO, ++r->next_seq, text, len);
+}
+
+static void on_agent_details(struct route *r, const struct packet *p)
+{
+	const char *id = p->request_id ? p->request_id : p->subject_id;
+	struct waiting *w = map_del(r->waiting, id, strlen(id));
+
+	if (w == NULL) {
+		log_info("agent_details for request %s, which nobody waits for: dropped", id);
+		r->stats.packets_dropped++;
+		return;
+	}
+	http_answer(r, w->worker, w->req, 200, p->payload, p->len);
+	free(w->request_id);
+	free(w);
+}
+
+void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
+		     const struct packet *p, double now)
+{
+	int from_channel = is_channel(r, worker, conn);
+	struct agent *a;
+
+	if (p->type == PKT_UNKNOWN || p->type == PKT_RETURN_STATUSES ||
+	    p->type == PKT_REGISTER_AGENT || p->type == PKT_SUBMIT_ONBOARDING ||
+	    p->type == PKT_SUBMIT_UNIT || p->type == PKT_SUBMIT_METADATA) {
+		refuse(r, REFUSE_UNKNOWN_TYPE, p, worker, conn);
+		return;
+	}
+	if (p->subject_id == NULL || p->subject_id[0] == '\0') {
+		refuse(r, REFUSE_NO_SUBJECT, p, worker, conn);
+		return;
+	}
+	if (p->type == PKT_ALIVE && strcmp(p->subject_id, PACKET_MEPHISTO) == 0) {
+		if (!from_channel) {
+			struct agent *was = map_get(r->conns, &(struct endpoint){ worker, conn },
+						    sizeof(struct endpoint));
+			if (was != NULL)
+				agent_detach(r, was, now);
+			log_info("Mephisto channel: worker %u conn %llu%s", worker,
+				 (unsigned long long)conn,
+				 r->has_channel ? " (replacing the previous one)" : "");
+		}
+		r->has_channel = 1;
+		r->channel = (struct endpoint){ worker, conn };
+		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
+			   r->cfg.max_backend_queue_age, now, "the backend");
+		queue_flush(r, &r->backend, r->channel, PACKET_MEPHISTO);
+		return;
+	}
+	if (backend_type(p->type) != from_channel) {
+		refuse(r, from_channel ? REFUSE_AGENT_TYPE_FROM_BACKEND
+				       : REFUSE_BACKEND_TYPE_FROM_AGENT, p, worker, conn);
+		return;
+	}
+	switch (p->type) {
+	case PKT_ALIVE:
+		a = agent_get(r, p->subject_id, now);
+		agent_attach(r, a, worker, conn, now);
+		send_update_status(r, a, now);
+		queue_flush(r, &a->queue, a->at, a->id);
+		return;
+	case PKT_HEARTBEAT:
+		on_heartbeat(r, worker, conn, p, now);
+		return;
+	case PKT_MEPHISTO_BOUND_LIVE_UPDATE:
+	case PKT_LOG_ERROR:
+		to_backend(r, p->payload, p->len, 0, now);
+		return;
+	case PKT_UPDATE_STATUS:
+		a = agent_get(r, p->subject_id, now);
+		if (p->status != NULL)
+			agent_set_status(a, p->status);
+		to_agent(r, a, p->payload, p->len, 0, now);
+		return;
+	case PKT_CLIENT_BOUND_LIVE_UPDATE:
+		to_agent(r, agent_get(r, p->subject_id, now), p->payload, p->len, 0, now);
+		return;
+	case PKT_AGENT_DETAILS:
+		on_agent_details(r, p);
+		return;
+	case PKT_REQUEST_STATUSES:
+		on_request_statuses(r, p, now);
+		return;
+	default:
+		refuse(r, REFUSE_UNKNOWN_TYPE, p, worker, conn);
+		return;
+	}
+}
+
+void route_ws_closed(struct route *r, uint32_t worker, uint64_t conn, double now)
+{
+	struct endpoint at = { worker, conn };
+	struct agent *a;
+
+	if (is_channel(r, worker, conn)) {
+		log_info("Mephisto channel closed; packets for the backend wait for it");
+		r->has_channel = 0;
+		return;
+	}
+	a = map_get(r->conns, &at, sizeof at);
+	if (a != NULL)
+		agent_detach(r, a, now);
+}
+
+void route_worker_gone(struct route *r, uint32_t worker, double now)
+{
+	struct agent *gone[64];
+	size_t pos, n;
+	void *value;
+	const void *key;
+
+	if (r->has_channel && r->channel.worker == worker) {
+		log_info("Mephisto channel lost with worker %u", worker);
+		r->has_channel = 0;
+	}
+	do {
+		n = 0;
+		pos = 0;
+		while (n < 64 && map_next(r->conns, &pos, &key, NULL, &value))
+			if (((const struct endpoint *)key)->worker == worker)
+				gone[n++] = value;
+		for (size_t i = 0; i < n; i++)
+			agent_detach(r, gone[i], now);
+	} while (n == 64);
+	do {
+		char *ids[64];
+		n = 0;
+		pos = 0;
+		while (n < 64 && map_next(r->waiting, &pos, NULL, NULL, &value))
+			if (((struct waiting *)value)->worker == worker)
+				ids[n++] = ((struct waiting *)value)->request_id;
+		for (size_t i = 0; i < n; i++) {
+			struct waiting *w = map_del(r->waiting, ids[i], strlen(ids[i]));
+			free(w->request_id);
+			free(w);
+		}
+	} while (n == 64);
+}
+
+void route_unsent(struct route *r, const char *dest, uint64_t seq,
+		  const char *payload, size_t len, double now)
+{
+	struct queue *q;
+
+	if (dest[0] == '\0')
+		return;
+	if (strcmp(dest, PACKET_MEPHISTO) == 0) {
+		if (r->has_channel) {
+			send_to(r, r->channel, PACKET_MEPHISTO, seq,
+				own_copy(r, payload, len), len);
+			return;
+		}
+		q = &r->backend;
+	} else {
+		struct agent *a = agent_find(r, dest);
+		if (a == NULL) {
+			r->stats.packets_dropped++;
+			return;
+		}
+		if (a->attached) {
+			send_to(r, a->at, a->id, seq,
+				own_copy(r, payload, len), len);
+			return;
+		}
+		q = &a->queue;
+	}
+	queue_insert(q, qitem_new(seq, now, payload, len));
+	r->stats.packets_queued++;
+}
+
+void route_http_request(struct route *r, uint32_t worker, uint64_t req,
+			unsigned int flags, const char *agent_id,
+			const char *request_id, const char *payload, size_t len,
+			double now)
+{
+	if ((flags & ROUTE_HTTP_FORGET_AGENT) && agent_id != NULL)
+		agent_forget(r, agent_id);
+	if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL) {
+		struct waiting *w = calloc(1, sizeof *w);
+		if (w == NULL)
+			fatal("out of memory");
+		w->request_id = xstrdup(request_id);
+		w->worker = worker;
+		w->req = req;
+		w->deadline = now + r->cfg.request_timeout;
+		w = map_put(r->waiting, request_id, strlen(request_id), w);
+		if (w != NULL) { /* a duplicated uuid: the older one loses */
+			free(w->request_id);
+			free(w);
+		}
+	}
+	to_backend(r, payload, len, 0, now);
+	if (!(flags & ROUTE_HTTP_WAIT_DETAILS))
+		http_answer(r, worker, req, 200, NULL, 0);
+}
+
+void route_version_mismatch(struct route *r, const char *version,
+			    const char *payload, size_t len, double now)
+{
+	if (map_get(r->versions, version, strlen(version)) != NULL) {
+		r->stats.version_warnings_suppressed++;
+		return;
+	}
+	map_put(r->versions, version, strlen(version), r);
+	to_backend(r, payload, len, 0, now);
+}
+
+void route_tick(struct route *r, double now)
+{
+	apply_liveness(r, now);
+	expire_requests(r, now);
+	if (!r->has_channel)
+		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
+			   r->cfg.max_backend_queue_age, now, "the backend");
+}
+
+double route_next_deadline(const struct route *r)
+{
+	double next = INFINITY;
+	size_t pos = 0;
+	void *value;
+
+	while (map_next(r->waiting, &pos, NULL, NULL, &value))
+		next = fmin(next, ((struct waiting *)value)->deadline);
+	pos = 0;
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
+		const struct agent *a = value;
+		if (!a->attached && a->disconnect_time != 0 && !status_is_final(a->status))
+			next = fmin(next, a->disconnect_time + r->cfg.reconnect_grace);
+		if (status_is_live(a->status) && a->last_ping != 0)
+			next = fmin(next, a->last_ping + r->cfg.heartbeat_timeout);
+	}
+	if (!r->has_channel && r->backend.head != NULL && r->cfg.max_backend_queue_age > 0)
+		next = fmin(next, r->backend.head->created + r->cfg.max_backend_queue_age);
+	return next;
+}
+
+/* ---- actions ---- */
+
+size_t route_actions(const struct route *r, const struct route_action **out)
+{
+	*out = r->actions;
+	return r->nactions;
+}
+
+void route_clear_actions(struct route *r)
+{
+	while (r->sent != NULL) {
+		struct qitem *next = r->sent->next;
+		free(r->sent);
+		r->sent = next;
+	}
+	for (size_t i = 0; i < r->nowned; i++)
+		free(r->owned[i]);
+	r->nowned = 0;
+	r->nactions = 0;
+}
+
+/* ---- inspection ---- */
+
+const char *route_agent_status(const struct route *r, const char *agent_id)
+{
+	const struct agent *a = agent_find(r, agent_id);
+
+	return a ? a->status : NULL;
+}
+
+int route_agent_attached(const struct route *r, const char *agent_id)
+{
+	const struct agent *a = agent_find(r, agent_id);
+
+	return a != NULL && a->attached;
+}
+
+size_t route_agent_count(const struct route *r) { return map_count(r->agents); }
+
+size_t route_queue_length(const struct route *r, const char *dest)
+{
+	const struct agent *a;
+
+	if (strcmp(dest, PACKET_MEPHISTO) == 0)
+		return r->backend.count;
+	a = agent_find(r, dest);
+	return a ? a->queue.count : 0;
+}
+
+int route_backend_attached(const struct route *r) { return r->has_channel; }
+
+size_t route_waiting_requests(const struct route *r) { return map_count(r->waiting); }
+
+const struct route_stats *route_get_stats(const struct route *r) { return &r->stats; }

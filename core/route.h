@@ -1,0 +1,175 @@
+/* The routing state machine: every rule of the Mephisto router protocol
+ * (../shared/PROTOCOL.md), pure. Events go in (a packet arrived on a
+ * connection, a connection closed, an HTTP request arrived, time passed);
+ * actions come out (send these bytes on that connection, answer that HTTP
+ * request). No IO: the supervisor is thin glue around it, and every rule is
+ * unit-testable with a fake clock.
+ *
+ * Connections are named by (worker slot, connection id); HTTP requests by
+ * (worker slot, request id). Times are seconds since the epoch (double).
+ *
+ * Delivery. Each packet routed to an agent or to the backend gets a
+ * sequence number (seq, increasing over the router's life). When its
+ * destination has no connection it waits in that destination's queue; it
+ * leaves the queue in seq order when the destination attaches, before any
+ * newer packet. A packet a worker could not write (its connection closed
+ * first) comes back through route_unsent() and is queued again in seq
+ * order, so nothing is lost or reordered between processes.
+ *
+ * Task data is never parsed here: payloads are opaque bytes. */
+#ifndef MR_ROUTE_H
+#define MR_ROUTE_H
+
+#include "packet.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct route_config {
+	double reconnect_grace;   /* s after a close before "disconnect" (10) */
+	double heartbeat_timeout; /* s of heartbeat silence in a live status (15) */
+	double request_timeout;   /* s an HTTP request waits for agent_details (30) */
+	size_t max_agent_queue;   /* packets waiting per agent */
+	size_t max_backend_queue; /* packets waiting for the backend */
+	double max_backend_queue_age; /* s; older packets for the backend are dropped */
+};
+
+enum route_action_kind {
+	/* Write data on (worker, id) as one WebSocket text message. dest and
+	 * seq identify the packet for route_unsent(); dest is "" for packets
+	 * that are not re-queued (heartbeat answers). */
+	ROUTE_SEND = 1,
+	/* Answer HTTP request (worker, id) with status and data as the body;
+	 * data NULL (len 0) means "accepted": the worker sends the endpoint's
+	 * own success body. */
+	ROUTE_HTTP_ANSWER = 2,
+};
+
+struct route_action {
+	enum route_action_kind kind;
+	uint32_t worker;
+	uint64_t id; /* connection id (SEND) or request id (HTTP_ANSWER) */
+	const char *dest;
+	uint64_t seq;
+	unsigned int status;
+	const char *data;
+	size_t len;
+};
+
+/* HTTP request flags */
+#define ROUTE_HTTP_WAIT_DETAILS 1u /* answer with the agent_details for request_id */
+#define ROUTE_HTTP_FORGET_AGENT 2u /* drop agent_id's local state */
+
+struct route_stats {
+	uint64_t packets_routed;
+	uint64_t packets_queued;
+	uint64_t packets_dropped; /* queue bounds, unknown destinations */
+	uint64_t packets_refused; /* wrong sender, unknown type, missing fields */
+	uint64_t requests_timed_out;
+	uint64_t version_warnings_suppressed;
+};
+
+struct route;
+
+struct route *route_new(const struct route_config *cfg, double now);
+void route_free(struct route *r);
+void route_set_config(struct route *r, const struct route_config *cfg);
+
+/* ---- events ---- */
+
+/* A packet arrived on WebSocket (worker, conn). Rules, by type:
+ * - alive, subject "mephisto": the connection becomes the Mephisto channel
+ *   (replacing any earlier one); the backend's queue is sent, in order.
+ * - alive from an agent: the agent is created if unknown (status "none"),
+ *   attached to this connection (is_alive, disconnect_time = 0), sent
+ *   {"packet_type": "update_status", "subject_id": id, "data": {"status":
+ *   status}}, then its queue in order.
+ * - heartbeat: answered on the same connection with the packet's payload
+ *   plus "data": {"last_mephisto_ping": ms[, "status": status]}. The status
+ *   is there when the agent is known; a known agent also gets is_alive,
+ *   last_ping = now, and is attached to this connection if it was not
+ *   (then its queue is sent). last_mephisto_ping is the time of the last
+ *   request_statuses (the router's start before any) in ms, translated into
+ *   the browser's clock when the packet has a client_timestamp:
+ *   (last_poll + client_timestamp - router_incoming_timestamp) * 1000.
+ * - mephisto_bound_live_update, log_error (from a connection that is not
+ *   the channel): forwarded to the backend, or queued for it.
+ * - client_bound_live_update (from the channel): forwarded to agent
+ *   subject_id, or queued for it (the agent is created if unknown).
+ * - update_status (from the channel): status = packet.status when present,
+ *   then forwarded like client_bound_live_update.
+ * - agent_details (from the channel): the waiting HTTP request with
+ *   packet.request_id is answered 200 with the payload. Unknown ids: dropped.
+ * - request_statuses (from the channel): last poll = now, the liveness
+ *   rules are applied, and the channel is sent {"packet_type":
+ *   "return_statuses", "subject_id": "mephisto", "data": {id: status, ...},
+ *   "client_timestamp": packet.server_timestamp,
+ *   "router_incoming_timestamp": packet.router_incoming_timestamp}.
+ * - anything else, a backend type from a non-channel connection, or an
+ *   agent type from the channel: refused (counted, logged once per kind). */
+void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
+		     const struct packet *p, double now);
+
+/* WebSocket (worker, conn) closed. Its agent gets is_alive = 0 and
+ * disconnect_time = now; if it was the channel, there is no channel. */
+void route_ws_closed(struct route *r, uint32_t worker, uint64_t conn, double now);
+
+/* Every connection and waiting request of this worker is gone. */
+void route_worker_gone(struct route *r, uint32_t worker, double now);
+
+/* A packet sent with ROUTE_SEND could not be written: queue it again for
+ * dest ("mephisto" or an agent id) in seq order. */
+void route_unsent(struct route *r, const char *dest, uint64_t seq,
+		  const char *payload, size_t len, double now);
+
+/* An HTTP request turned into a packet for the backend. payload is sent to
+ * the backend (or queued). With ROUTE_HTTP_FORGET_AGENT, agent_id's state
+ * is dropped. With ROUTE_HTTP_WAIT_DETAILS, the request waits for an
+ * agent_details with request_id, at most request_timeout seconds (then it
+ * is answered 408 with a JSON error); otherwise it is answered at once
+ * (ROUTE_HTTP_ANSWER, status 200, no data). */
+void route_http_request(struct route *r, uint32_t worker, uint64_t req,
+			unsigned int flags, const char *agent_id,
+			const char *request_id, const char *payload, size_t len,
+			double now);
+
+/* A task page reported mephisto-task version `version`, which differs from
+ * the expected one; payload is the log_error packet for the backend. It is
+ * sent for the first report of each distinct version only. */
+void route_version_mismatch(struct route *r, const char *version,
+			    const char *payload, size_t len, double now);
+
+/* Time passed: apply the liveness rules and expire waiting requests.
+ * - an agent without a connection, disconnect_time != 0, whose status is
+ *   not final, and closed for reconnect_grace or more: status "disconnect".
+ * - an agent in a live status with last_ping != 0 and no heartbeat for
+ *   heartbeat_timeout or more: status "disconnect", and it is sent (or
+ *   queued) an update_status packet with that status. */
+void route_tick(struct route *r, double now);
+
+/* When route_tick() next has something to do (INFINITY: nothing). */
+double route_next_deadline(const struct route *r);
+
+/* ---- actions ---- */
+
+/* The actions produced since the last route_clear_actions(), in order.
+ * Pointers stay valid until then. An action's data may point into the
+ * payload passed to the event that produced it: keep that memory valid
+ * until route_clear_actions(). */
+size_t route_actions(const struct route *r, const struct route_action **out);
+void route_clear_actions(struct route *r);
+
+/* ---- inspection ---- */
+
+/* The agent's status, or NULL for an unknown agent. */
+const char *route_agent_status(const struct route *r, const char *agent_id);
+/* 1 when the agent is attached to a connection. */
+int route_agent_attached(const struct route *r, const char *agent_id);
+size_t route_agent_count(const struct route *r);
+/* Packets waiting for dest ("mephisto" or an agent id). */
+size_t route_queue_length(const struct route *r, const char *dest);
+int route_backend_attached(const struct route *r);
+size_t route_waiting_requests(const struct route *r);
+const struct route_stats *route_get_stats(const struct route *r);
+
+#endif
