@@ -11,7 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-enum key_type { KEY_INT, KEY_SIZE, KEY_SECONDS, KEY_PATH, KEY_ADDRESS, KEY_LOG_LEVEL };
+enum key_type { KEY_INT, KEY_SIZE, KEY_SECONDS, KEY_PATH, KEY_ADDRESS, KEY_LOG_LEVEL,
+		KEY_VERSION };
 
 struct key {
 	const char *name;
@@ -39,6 +40,15 @@ static const struct key keys[] = {
 	{ "ipc_buffer_bytes", KEY_SIZE, OFF(ipc_buffer_bytes), "16M", 65536, 1 << 30, 0 },
 	{ "shutdown_timeout", KEY_SECONDS, OFF(shutdown_timeout), "5", 0, 3600, 1 },
 	{ "respawn_max_delay", KEY_SECONDS, OFF(respawn_max_delay), "10", 0.01, 3600, 1 },
+	{ "reconnect_grace", KEY_SECONDS, OFF(reconnect_grace), "10", 0, 86400, 1 },
+	{ "heartbeat_timeout", KEY_SECONDS, OFF(heartbeat_timeout), "15", 0.01, 86400, 1 },
+	{ "request_timeout", KEY_SECONDS, OFF(request_timeout), "30", 0.01, 86400, 1 },
+	{ "max_agent_queue", KEY_SIZE, OFF(max_agent_queue), "1000", 1, 1e9, 1 },
+	{ "max_backend_queue", KEY_SIZE, OFF(max_backend_queue), "100000", 1, 1e9, 1 },
+	{ "max_backend_queue_age", KEY_SECONDS, OFF(max_backend_queue_age), "3600", 0, 1e9, 1 },
+	{ "max_body_bytes", KEY_SIZE, OFF(max_body_bytes), "100M", 1024, 1LL << 40, 1 },
+	{ "backend_max_frame_bytes", KEY_SIZE, OFF(backend_max_frame_bytes), "1M", 1024, 1 << 30, 1 },
+	{ "mephisto_task_version", KEY_VERSION, OFF(mephisto_task_version), "2.0.4", 0, 0, 1 },
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -133,6 +143,14 @@ int config_set(struct config *c, const char *key, const char *value,
 		strcpy(field, value);
 		return 0;
 	}
+	case KEY_VERSION:
+		if (value[0] == '\0' || strlen(value) >= sizeof c->mephisto_task_version ||
+		    strpbrk(value, " \t\"\\") != NULL) {
+			snprintf(why, sizeof why, "expected a version such as 2.0.4");
+			goto invalid;
+		}
+		strcpy(field, value);
+		return 0;
 	case KEY_LOG_LEVEL: {
 		enum log_level level;
 		if (log_level_parse(value, &level) < 0) {
@@ -290,6 +308,7 @@ static void format_value(const struct config *c, const struct key *k,
 		break;
 	case KEY_PATH:
 	case KEY_ADDRESS:
+	case KEY_VERSION:
 		snprintf(out, outlen, "%s", field);
 		break;
 	case KEY_LOG_LEVEL:
@@ -333,6 +352,7 @@ static size_t field_size(enum key_type type)
 	case KEY_SECONDS: return sizeof(double);
 	case KEY_PATH: return PATH_MAX;
 	case KEY_ADDRESS: return sizeof ((struct config *)0)->listen_address;
+	case KEY_VERSION: return sizeof ((struct config *)0)->mephisto_task_version;
 	}
 	return 0;
 }
@@ -349,7 +369,8 @@ int config_reload(struct config *running, const struct config *loaded,
 		char *dst = (char *)running + keys[i].offset;
 		const char *src = (const char *)loaded + keys[i].offset;
 		size_t size = field_size(keys[i].type);
-		int is_text = keys[i].type == KEY_PATH || keys[i].type == KEY_ADDRESS;
+		int is_text = keys[i].type == KEY_PATH || keys[i].type == KEY_ADDRESS ||
+			      keys[i].type == KEY_VERSION;
 
 		if (is_text ? strcmp(dst, src) == 0 : memcmp(dst, src, size) == 0)
 			continue;

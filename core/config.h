@@ -27,6 +27,16 @@ struct config {
 	int64_t ipc_buffer_bytes;
 	double shutdown_timeout; /* seconds */
 	double respawn_max_delay; /* seconds */
+	/* the protocol */
+	double reconnect_grace;   /* s after a socket closes before "disconnect" */
+	double heartbeat_timeout; /* s without heartbeat in a live status */
+	double request_timeout;   /* s an HTTP request waits for agent_details */
+	int64_t max_agent_queue;
+	int64_t max_backend_queue;
+	double max_backend_queue_age; /* s; 0: no age limit */
+	int64_t max_body_bytes;       /* POST body, uploads included */
+	int64_t backend_max_frame_bytes;
+	char mephisto_task_version[64];
 };
 
 /* Fill every key with its default. */

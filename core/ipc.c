@@ -2,6 +2,7 @@
 
 #include "log.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,11 @@ const char *ipc_type_name(enum ipc_type type)
 	case IPC_HELLO_SUPERVISOR: return "HELLO_SUPERVISOR";
 	case IPC_WS_OPENED: return "WS_OPENED";
 	case IPC_WS_CLOSED: return "WS_CLOSED";
-	case IPC_WS_FRAME: return "WS_FRAME";
+	case IPC_WS_PACKET: return "WS_PACKET";
+	case IPC_WS_UNSENT: return "WS_UNSENT";
+	case IPC_HTTP_REQUEST: return "HTTP_REQUEST";
+	case IPC_VERSION_MISMATCH: return "VERSION_MISMATCH";
+	case IPC_HTTP_ANSWER: return "HTTP_ANSWER";
 	case IPC_WS_SEND: return "WS_SEND";
 	case IPC_WS_CLOSE: return "WS_CLOSE";
 	case IPC_DRAIN: return "DRAIN";
@@ -75,24 +80,84 @@ int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn)
 	return pack_conn_only(pk, IPC_WS_CLOSED, conn);
 }
 
-static int pack_conn_bytes(msgpack_packer *pk, enum ipc_type type,
-			   uint64_t conn, const void *data, size_t len)
+/* A C string (with its NUL) or nil. */
+static int pack_cstr(msgpack_packer *pk, const char *s)
 {
-	if (pack_head(pk, type, 2) < 0 || msgpack_pack_uint64(pk, conn) < 0)
+	size_t len;
+
+	if (s == NULL)
+		return msgpack_pack_nil(pk);
+	len = strlen(s) + 1;
+	if (msgpack_pack_str(pk, len) < 0)
 		return -1;
-	return pack_bin(pk, data, len);
+	return msgpack_pack_str_body(pk, s, len);
 }
 
-int ipc_pack_ws_frame(msgpack_packer *pk, uint64_t conn, const void *data,
-		      size_t len)
+static int pack_double(msgpack_packer *pk, double v)
 {
-	return pack_conn_bytes(pk, IPC_WS_FRAME, conn, data, len);
+	return isnan(v) ? msgpack_pack_nil(pk) : msgpack_pack_double(pk, v);
 }
 
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const void *data,
-		     size_t len)
+int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
+		       const struct ipc_packet_fields *f, const void *payload,
+		       size_t len)
 {
-	return pack_conn_bytes(pk, IPC_WS_SEND, conn, data, len);
+	if (pack_head(pk, IPC_WS_PACKET, 9) < 0 || msgpack_pack_uint64(pk, conn) < 0 ||
+	    msgpack_pack_uint32(pk, f->type) < 0 || pack_cstr(pk, f->subject_id) < 0 ||
+	    pack_cstr(pk, f->status) < 0 || pack_cstr(pk, f->request_id) < 0 ||
+	    pack_double(pk, f->client_timestamp) < 0 ||
+	    pack_double(pk, f->server_timestamp) < 0 ||
+	    pack_double(pk, f->router_incoming_timestamp) < 0)
+		return -1;
+	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_ws_unsent(msgpack_packer *pk, const char *dest, uint64_t seq,
+		       const void *payload, size_t len)
+{
+	if (pack_head(pk, IPC_WS_UNSENT, 3) < 0 || pack_cstr(pk, dest) < 0 ||
+	    msgpack_pack_uint64(pk, seq) < 0)
+		return -1;
+	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
+			  const char *agent_id, const char *request_id,
+			  const void *payload, size_t len)
+{
+	if (pack_head(pk, IPC_HTTP_REQUEST, 5) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
+	    msgpack_pack_uint32(pk, flags) < 0 || pack_cstr(pk, agent_id) < 0 ||
+	    pack_cstr(pk, request_id) < 0)
+		return -1;
+	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
+			      const void *payload, size_t len)
+{
+	if (pack_head(pk, IPC_VERSION_MISMATCH, 2) < 0 || pack_cstr(pk, version) < 0)
+		return -1;
+	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const char *dest,
+		     uint64_t seq, const void *payload, size_t len)
+{
+	if (pack_head(pk, IPC_WS_SEND, 4) < 0 || msgpack_pack_uint64(pk, conn) < 0 ||
+	    pack_cstr(pk, dest) < 0 || msgpack_pack_uint64(pk, seq) < 0)
+		return -1;
+	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
+			 const void *body, size_t len)
+{
+	if (pack_head(pk, IPC_HTTP_ANSWER, 3) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
+	    msgpack_pack_uint32(pk, status) < 0)
+		return -1;
+	if (body == NULL)
+		return msgpack_pack_nil(pk);
+	return pack_bin(pk, body, len);
 }
 
 int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code)
@@ -197,6 +262,52 @@ static int get_bytes(struct fields *f, msgpack_object_type type,
 	return 0;
 }
 
+/* A C string sent with its NUL, or nil (NULL) when nil_ok. */
+static int get_cstr(struct fields *f, int nil_ok, const char **out)
+{
+	const msgpack_object *o = field_next(f);
+
+	if (o == NULL)
+		return field_fail(f, "missing");
+	if (o->type == MSGPACK_OBJECT_NIL && nil_ok) {
+		*out = NULL;
+		return 0;
+	}
+	if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 ||
+	    o->via.str.ptr[o->via.str.size - 1] != '\0' ||
+	    memchr(o->via.str.ptr, '\0', o->via.str.size) !=
+		    o->via.str.ptr + o->via.str.size - 1)
+		return field_fail(f, "expected a NUL-terminated string");
+	*out = o->via.str.ptr;
+	return 0;
+}
+
+static int get_double(struct fields *f, double *out)
+{
+	const msgpack_object *o = field_next(f);
+
+	if (o == NULL)
+		return field_fail(f, "missing");
+	if (o->type == MSGPACK_OBJECT_NIL)
+		*out = NAN;
+	else if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32)
+		*out = o->via.f64;
+	else
+		return field_fail(f, "expected a float or nil");
+	return 0;
+}
+
+static int get_bin_or_nil(struct fields *f, const char **data, size_t *len)
+{
+	if (f->next < f->count && f->item[f->next].type == MSGPACK_OBJECT_NIL) {
+		f->next++;
+		*data = NULL;
+		*len = 0;
+		return 0;
+	}
+	return get_bytes(f, MSGPACK_OBJECT_BIN, data, len);
+}
+
 static int get_end(struct fields *f)
 {
 	if (f->next != f->count)
@@ -227,11 +338,58 @@ static int decode_conn_only(struct fields *f, struct ipc_msg *m)
 	return get_end(f);
 }
 
-static int decode_conn_bytes(struct fields *f, struct ipc_msg *m)
+static int decode_ws_packet(struct fields *f, struct ipc_msg *m)
 {
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 ||
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
+	    get_cstr(f, 1, &m->str1) < 0 || get_cstr(f, 1, &m->str2) < 0 ||
+	    get_cstr(f, 1, &m->str3) < 0 || get_double(f, &m->ts[0]) < 0 ||
+	    get_double(f, &m->ts[1]) < 0 || get_double(f, &m->ts[2]) < 0 ||
 	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
 		return -1;
+	return get_end(f);
+}
+
+static int decode_ws_unsent(struct fields *f, struct ipc_msg *m)
+{
+	if (get_cstr(f, 0, &m->str1) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_http_request(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
+	    get_cstr(f, 1, &m->str1) < 0 || get_cstr(f, 1, &m->str2) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_version_mismatch(struct fields *f, struct ipc_msg *m)
+{
+	if (get_cstr(f, 0, &m->str1) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_ws_send(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_cstr(f, 0, &m->str1) < 0 ||
+	    get_u64(f, UINT64_MAX, &m->seq) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_http_answer(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
+	    get_bin_or_nil(f, &m->data, &m->len) < 0)
+		return -1;
+	if (m->code < 100 || m->code > 599)
+		return field_fail(f, "HTTP status out of range");
 	return get_end(f);
 }
 
@@ -264,6 +422,7 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	uint32_t type;
 
 	memset(msg, 0, sizeof *msg);
+	msg->ts[0] = msg->ts[1] = msg->ts[2] = NAN;
 	if (obj->type != MSGPACK_OBJECT_ARRAY || obj->via.array.size < 1) {
 		snprintf(err, errlen, "message is not a non-empty array");
 		return -1;
@@ -280,8 +439,12 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	case IPC_HELLO_SUPERVISOR: return decode_hello_supervisor(&f, msg);
 	case IPC_WS_OPENED:
 	case IPC_WS_CLOSED: return decode_conn_only(&f, msg);
-	case IPC_WS_FRAME:
-	case IPC_WS_SEND: return decode_conn_bytes(&f, msg);
+	case IPC_WS_PACKET: return decode_ws_packet(&f, msg);
+	case IPC_WS_UNSENT: return decode_ws_unsent(&f, msg);
+	case IPC_HTTP_REQUEST: return decode_http_request(&f, msg);
+	case IPC_VERSION_MISMATCH: return decode_version_mismatch(&f, msg);
+	case IPC_WS_SEND: return decode_ws_send(&f, msg);
+	case IPC_HTTP_ANSWER: return decode_http_answer(&f, msg);
 	case IPC_WS_CLOSE: return decode_ws_close(&f, msg);
 	case IPC_DRAIN: return decode_empty(&f, msg);
 	case IPC_CONFIG: return decode_config(&f, msg);

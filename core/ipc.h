@@ -27,6 +27,12 @@
 /* Bytes a message may carry besides its payload (type, ids, framing). */
 #define IPC_MESSAGE_OVERHEAD 256
 
+/* The bound of one IPC message for a router whose WebSocket messages are at
+ * most max_message_bytes: a packet grows a little when the worker adds its
+ * timestamp and re-serialises it, and its routing fields repeat parts of
+ * it, so twice the size plus 64 KiB. */
+#define IPC_MAX_MESSAGE(max_message_bytes) (2 * (size_t)(max_message_bytes) + 65536)
+
 enum ipc_type {
 	/* handshake */
 	IPC_HELLO_WORKER = 1,     /* worker -> supervisor: version, slot, pid */
@@ -35,26 +41,46 @@ enum ipc_type {
 	/* worker -> supervisor */
 	IPC_WS_OPENED = 100, /* conn: a WebSocket was accepted */
 	IPC_WS_CLOSED = 101, /* conn: a WebSocket is gone */
-	IPC_WS_FRAME = 102,  /* conn, bytes: a complete text message arrived */
+	IPC_WS_PACKET = 102, /* conn, packet fields, payload: a valid packet arrived */
+	IPC_WS_UNSENT = 103, /* dest, seq, payload: a WS_SEND that could not be written */
+	IPC_HTTP_REQUEST = 104, /* req, flags, agent_id, request_id, payload */
+	IPC_VERSION_MISMATCH = 105, /* version, payload (a log_error packet) */
 
 	/* supervisor -> worker */
-	IPC_WS_SEND = 200,  /* conn, bytes: send this text message on conn */
+	IPC_WS_SEND = 200,  /* conn, dest, seq, payload: send this packet on conn */
 	IPC_WS_CLOSE = 201, /* conn, code: close conn with this status code */
 	IPC_DRAIN = 202,    /* stop accepting, close connections, exit 0 */
 	IPC_CONFIG = 203,   /* config: the reloaded config (SIGHUP) */
+	IPC_HTTP_ANSWER = 204, /* req, status, body or nil: answer request req */
 };
 
-/* A decoded message. data/len point into the reader's memory and stay valid
- * until the next ipc_reader_next() call. */
+/* A decoded message. Pointers point into the reader's memory and stay
+ * valid until the next ipc_reader_next() call. Strings travel with their
+ * terminating NUL, so they are C strings here (NULL when nil); absent
+ * numbers are NAN. */
 struct ipc_msg {
 	enum ipc_type type;
 	uint32_t version;
 	uint32_t slot;
 	int64_t pid;
-	uint64_t conn;
-	uint32_t code;
+	uint64_t conn; /* or the HTTP request id */
+	uint32_t code; /* close code, HTTP status, packet type or request flags */
+	uint64_t seq;
+	const char *str1; /* subject_id, dest, agent_id or version */
+	const char *str2; /* status (update_status) or request_id */
+	const char *str3; /* request_id (agent_details) */
+	double ts[3]; /* client, server, router_incoming timestamps */
 	const char *data;
 	size_t len;
+};
+
+/* The routing fields of a packet on its way from a worker (WS_PACKET). */
+struct ipc_packet_fields {
+	uint32_t type;
+	const char *subject_id;
+	const char *status;
+	const char *request_id;
+	double client_timestamp, server_timestamp, router_incoming_timestamp;
 };
 
 const char *ipc_type_name(enum ipc_type type);
@@ -65,10 +91,20 @@ int ipc_pack_hello_supervisor(msgpack_packer *pk, uint32_t slot,
 			      const char *config, size_t len);
 int ipc_pack_ws_opened(msgpack_packer *pk, uint64_t conn);
 int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn);
-int ipc_pack_ws_frame(msgpack_packer *pk, uint64_t conn, const void *data,
-		      size_t len);
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const void *data,
-		     size_t len);
+int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
+		       const struct ipc_packet_fields *f, const void *payload,
+		       size_t len);
+int ipc_pack_ws_unsent(msgpack_packer *pk, const char *dest, uint64_t seq,
+		       const void *payload, size_t len);
+int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
+			  const char *agent_id, const char *request_id,
+			  const void *payload, size_t len);
+int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
+			      const void *payload, size_t len);
+int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const char *dest,
+		     uint64_t seq, const void *payload, size_t len);
+int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
+			 const void *body, size_t len);
 int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code);
 int ipc_pack_drain(msgpack_packer *pk);
 int ipc_pack_config(msgpack_packer *pk, const char *config, size_t len);

@@ -60,36 +60,41 @@ int status_is_final(const char *status)
 	return in_list(status, final);
 }
 
-char *packet_add_member(const char *json, size_t len, const char *member,
-			size_t member_len, size_t *outlen)
+size_t packet_add_member_into(char *dst, const char *json, size_t len,
+			      const char *member, size_t member_len)
 {
-	size_t close = len;
-	size_t i, n = 0;
+	size_t close = len, n;
 	int empty = 1;
-	char *out;
 
 	while (close > 0 && json[close - 1] != '}')
 		close--;
 	if (close == 0)
 		fatal("packet_add_member: not a JSON object");
 	close--; /* index of the final '}' */
-	for (i = 1; i < close; i++) {
+	for (size_t i = 1; i < close; i++) {
 		if (json[i] != ' ' && json[i] != '\n' && json[i] != '\t' && json[i] != '\r') {
 			empty = 0;
 			break;
 		}
 	}
-	out = malloc(close + member_len + 3);
-	if (out == NULL)
-		fatal("out of memory");
-	memcpy(out, json, close);
+	memcpy(dst, json, close);
 	n = close;
 	if (!empty)
-		out[n++] = ',';
-	memcpy(out + n, member, member_len);
+		dst[n++] = ',';
+	memcpy(dst + n, member, member_len);
 	n += member_len;
-	out[n++] = '}';
-	out[n] = '\0';
-	*outlen = n;
+	dst[n++] = '}';
+	return n;
+}
+
+char *packet_add_member(const char *json, size_t len, const char *member,
+			size_t member_len, size_t *outlen)
+{
+	char *out = malloc(len + member_len + 3);
+
+	if (out == NULL)
+		fatal("out of memory");
+	*outlen = packet_add_member_into(out, json, len, member, member_len);
+	out[*outlen] = '\0';
 	return out;
 }

@@ -55,6 +55,11 @@ int status_is_live(const char *status);
  * "disconnect". */
 int status_is_final(const char *status);
 
+/* Write json with one more member appended into dst, which must hold
+ * len + member_len + 2 bytes. Returns the length written (no NUL). */
+size_t packet_add_member_into(char *dst, const char *json, size_t len,
+			      const char *member, size_t member_len);
+
 /* A copy of the JSON object text json with one more member appended:
  * member is '"name":value'. json must be an object ("{...}"). Returns a
  * malloc'ed string of *outlen bytes (NUL-terminated). */

@@ -14,10 +14,12 @@
 
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/route.h"
 #include "store.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -29,11 +31,15 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* How often the liveness rules and request deadlines are checked. */
+#define TICK_SECONDS 0.1
 
 /* A worker that ran this long before dying restarts its backoff. */
 #define RESPAWN_STABLE_SECONDS 10.0
@@ -59,8 +65,10 @@ struct supervisor {
 	struct event_base *base;
 	int listen_fd;
 	struct store *store;
+	struct route *route;
 	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
 	struct event *signals[4];
+	struct event *tick;
 	struct event *kill_timer;
 	int shutting_down;
 	int notified_ready;
@@ -73,6 +81,27 @@ static double now_monotonic(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double now_epoch(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static struct route_config route_config_of(const struct config *c)
+{
+	struct route_config rc = {
+		.reconnect_grace = c->reconnect_grace,
+		.heartbeat_timeout = c->heartbeat_timeout,
+		.request_timeout = c->request_timeout,
+		.max_agent_queue = (size_t)c->max_agent_queue,
+		.max_backend_queue = (size_t)c->max_backend_queue,
+		.max_backend_queue_age = c->max_backend_queue_age,
+	};
+	return rc;
 }
 
 static struct timeval seconds_tv(double s)
@@ -173,8 +202,11 @@ static msgpack_packer worker_packer(struct worker *w)
 
 static void worker_drop_ipc(struct worker *w)
 {
-	if (w->bev != NULL)
+	if (w->bev != NULL) {
 		bufferevent_free(w->bev);
+		/* Its connections and waiting requests are gone with it. */
+		route_worker_gone(w->sup->route, (uint32_t)w->slot, now_epoch());
+	}
 	w->bev = NULL;
 	ipc_reader_free(w->reader);
 	w->reader = NULL;
@@ -204,8 +236,86 @@ static void worker_check_ready(struct supervisor *sup)
 	notify_systemd("READY=1");
 }
 
+struct bounced {
+	char *dest;
+	uint64_t seq;
+	char *data;
+	size_t len;
+};
+
+/* Carry out what the state machine decided: IPC to the workers. Output is
+ * buffered in each worker's bufferevent and written once per loop turn. */
+static void dispatch_actions(struct supervisor *sup)
+{
+	const struct route_action *a;
+	size_t n = route_actions(sup->route, &a), nb = 0;
+	struct bounced *bounced = NULL;
+
+	for (size_t i = 0; i < n; i++) {
+		struct worker *w = a[i].worker >= 1 && a[i].worker <= CONFIG_MAX_WORKERS
+					   ? &sup->workers[a[i].worker] : NULL;
+		msgpack_packer pk;
+
+		if (w == NULL || w->bev == NULL) {
+			/* Its worker died in this very turn: queue the packet again. */
+			if (a[i].kind == ROUTE_SEND && a[i].dest[0] != '\0') {
+				bounced = realloc(bounced, (nb + 1) * sizeof *bounced);
+				if (bounced == NULL)
+					fatal("out of memory");
+				bounced[nb].dest = strdup(a[i].dest);
+				bounced[nb].seq = a[i].seq;
+				bounced[nb].data = malloc(a[i].len + 1);
+				if (!bounced[nb].dest || !bounced[nb].data)
+					fatal("out of memory");
+				memcpy(bounced[nb].data, a[i].data, a[i].len);
+				bounced[nb].len = a[i].len;
+				nb++;
+			}
+			continue;
+		}
+		pk = worker_packer(w);
+		if (a[i].kind == ROUTE_SEND)
+			ipc_pack_ws_send(&pk, a[i].id, a[i].dest, a[i].seq, a[i].data,
+					 a[i].len);
+		else
+			ipc_pack_http_answer(&pk, a[i].id, a[i].status, a[i].data, a[i].len);
+	}
+	route_clear_actions(sup->route);
+	for (size_t i = 0; i < nb; i++) {
+		route_unsent(sup->route, bounced[i].dest, bounced[i].seq,
+			     bounced[i].data, bounced[i].len, now_epoch());
+		free(bounced[i].dest);
+		free(bounced[i].data);
+	}
+	free(bounced);
+	if (nb > 0)
+		dispatch_actions(sup);
+}
+
+static void worker_packet(struct worker *w, const struct ipc_msg *m)
+{
+	struct packet p = {
+		.type = (enum packet_type)(m->code < PKT_TYPE_COUNT ? m->code : PKT_UNKNOWN),
+		.subject_id = m->str1,
+		.status = m->str2,
+		.request_id = m->str3,
+		.client_timestamp = m->ts[0],
+		.server_timestamp = m->ts[1],
+		.router_incoming_timestamp = m->ts[2],
+		.payload = m->data,
+		.len = m->len,
+	};
+
+	log_debug("worker %d: ws frame conn %llu: %s for %s (%zu bytes)", w->slot,
+		  (unsigned long long)m->conn, packet_type_name(p.type),
+		  p.subject_id ? p.subject_id : "-", m->len);
+	route_ws_packet(w->sup->route, (uint32_t)w->slot, m->conn, &p, now_epoch());
+}
+
 static void worker_handle(struct worker *w, const struct ipc_msg *m)
 {
+	struct supervisor *sup = w->sup;
+
 	switch (m->type) {
 	case IPC_HELLO_WORKER:
 		if (m->version != IPC_PROTOCOL_VERSION || m->slot != (uint32_t)w->slot) {
@@ -226,15 +336,26 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 	case IPC_WS_CLOSED:
 		log_debug("worker %d: ws close conn %llu", w->slot,
 			  (unsigned long long)m->conn);
-		return;
-	case IPC_WS_FRAME:
-		log_debug("worker %d: ws frame conn %llu (%zu bytes)", w->slot,
-			  (unsigned long long)m->conn, m->len);
-		return;
+		route_ws_closed(sup->route, (uint32_t)w->slot, m->conn, now_epoch());
+		break;
+	case IPC_WS_PACKET:
+		worker_packet(w, m);
+		break;
+	case IPC_WS_UNSENT:
+		route_unsent(sup->route, m->str1, m->seq, m->data, m->len, now_epoch());
+		break;
+	case IPC_HTTP_REQUEST:
+		route_http_request(sup->route, (uint32_t)w->slot, m->conn, m->code,
+				   m->str1, m->str2, m->data, m->len, now_epoch());
+		break;
+	case IPC_VERSION_MISMATCH:
+		route_version_mismatch(sup->route, m->str1, m->data, m->len, now_epoch());
+		break;
 	default:
 		worker_broken(w, "message of the wrong direction");
 		return;
 	}
+	dispatch_actions(sup);
 }
 
 static void worker_read_cb(struct bufferevent *bev, void *arg)
@@ -354,8 +475,7 @@ static void worker_spawn(struct supervisor *sup, int slot)
 	w->ready = 0;
 	w->retiring = 0;
 	w->started = now_monotonic();
-	w->reader = ipc_reader_new((size_t)sup->cfg.max_message_bytes +
-				   IPC_MESSAGE_OVERHEAD);
+	w->reader = ipc_reader_new(IPC_MAX_MESSAGE(sup->cfg.max_message_bytes));
 	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(w->bev, worker_read_cb, NULL, worker_event_cb, w);
 	bufferevent_enable(w->bev, EV_READ | EV_WRITE);
@@ -498,6 +618,10 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 			 "restart it to apply", restart,
 			 strchr(restart, ',') ? "them" : "it");
 	log_set_level((enum log_level)sup->cfg.log_level);
+	{
+		struct route_config rc = route_config_of(&sup->cfg);
+		route_set_config(sup->route, &rc);
+	}
 	log_info("SIGHUP: configuration re-read from %s (workers = %d)",
 		 sup->config_path, config_worker_count(&sup->cfg));
 	text = config_format(&sup->cfg);
@@ -560,6 +684,16 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(sup->kill_timer, &tv);
 }
 
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	(void)fd;
+	(void)what;
+	route_tick(sup->route, now_epoch());
+	dispatch_actions(sup);
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
@@ -605,6 +739,13 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 	sup.base = event_base_new();
 	if (sup.base == NULL)
 		fatal("cannot create the event loop");
+	{
+		struct route_config rc = route_config_of(cfg);
+		struct timeval tv = seconds_tv(TICK_SECONDS);
+		sup.route = route_new(&rc, now_epoch());
+		sup.tick = event_new(sup.base, -1, EV_PERSIST, tick_cb, &sup);
+		event_add(sup.tick, &tv);
+	}
 	for (size_t i = 0; i < 4; i++) {
 		sup.signals[i] = evsignal_new(sup.base, signums[i], handlers[i], &sup);
 		evsignal_add(sup.signals[i], NULL);
@@ -627,6 +768,8 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 	}
 	for (size_t i = 0; i < 4; i++)
 		event_free(sup.signals[i]);
+	event_free(sup.tick);
+	route_free(sup.route);
 	if (sup.kill_timer != NULL)
 		event_free(sup.kill_timer);
 	event_base_free(sup.base);

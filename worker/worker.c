@@ -143,7 +143,7 @@ static void ipc_handle(const struct ipc_msg *m)
 		}
 		return;
 	case IPC_WS_SEND:
-		ws_send(m->conn, m->data, m->len);
+		ws_send(m->conn, m->str1, m->seq, m->data, m->len);
 		return;
 	case IPC_WS_CLOSE:
 		ws_close(m->conn, m->code);
@@ -373,8 +373,7 @@ static int worker_start(const struct ipc_msg *m)
 	}
 	evconnlistener_set_error_cb(listener, accept_error_cb);
 	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
-	ipc_reader_set_max(reader, (size_t)worker_cfg.max_message_bytes +
-				   IPC_MESSAGE_OVERHEAD);
+	ipc_reader_set_max(reader, IPC_MAX_MESSAGE(worker_cfg.max_message_bytes));
 	configured = 1;
 	ipc_pack_hello_worker(&packer, (uint32_t)worker_slot, (int64_t)getpid());
 	log_debug("serving");

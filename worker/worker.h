@@ -35,6 +35,7 @@ struct worker_stats {
 	uint64_t websockets;
 	uint64_t refused_connections; /* over max_connections */
 	uint64_t backpressure_pauses;
+	uint64_t invalid_packets;
 };
 
 extern struct config worker_cfg;
@@ -50,7 +51,8 @@ int worker_ipc_paused(void);
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		struct session *s, void *in, size_t len);
-void ws_send(uint64_t conn, const char *data, size_t len);
+void ws_send(uint64_t conn, const char *dest, uint64_t seq, const char *data,
+	     size_t len);
 void ws_close(uint64_t conn, uint32_t code);
 void ws_close_all(uint32_t code);
 void ws_pause_all(int paused);

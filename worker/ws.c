@@ -3,23 +3,33 @@
  * Each connection has a 64-bit id (slot index in the low 32 bits, a
  * generation in the high 32) so the supervisor can address it and a stale
  * id never reaches a newer connection. Incoming messages are reassembled up
- * to max_message_bytes (lws hands them over in chunks) and forwarded whole
- * over IPC. Outgoing messages wait in a per-connection queue bounded by
+ * to max_message_bytes (lws hands them over in chunks), parsed and
+ * validated (wire.c) and forwarded over IPC as routing fields plus the
+ * packet's bytes; an invalid packet is dropped and logged (once per
+ * connection), and the connection stays open.
+ *
+ * Outgoing packets wait in a per-connection queue bounded by
  * max_message_bytes * 4 (at least 1 MiB): one lws_write per WRITEABLE
- * callback, and the buffer written last is kept until the next callback
- * because permessage-deflate may still read it (LWS-NOTES trap 1). */
+ * callback, stamped with router_outgoing_timestamp as it is written, into a
+ * buffer kept until the next callback because permessage-deflate may still
+ * read it (LWS-NOTES trap 1). Packets that cannot be written (the
+ * connection closed first) go back to the supervisor (WS_UNSENT), which
+ * queues them again for their destination. */
 #include "worker.h"
 
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "wire.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 struct out_msg {
 	struct out_msg *next;
+	uint64_t seq;
+	char *dest; /* NULL: not to be re-queued (heartbeat answers) */
 	size_t len;
-	unsigned char buf[]; /* LWS_PRE bytes of headroom, then the message */
+	char payload[];
 };
 
 struct conn {
@@ -27,10 +37,14 @@ struct conn {
 	struct lws *wsi;
 	char *rx;
 	size_t rx_len, rx_cap;
-	struct out_msg *head, *tail, *written;
+	struct out_msg *head, *tail;
+	unsigned char *tx; /* LWS_PRE + the stamped packet being written */
+	size_t tx_cap;
 	size_t queued_bytes;
 	uint32_t close_code; /* close once the queue is sent */
 	int paused;
+	int warned; /* an invalid packet was logged */
+	uint64_t invalid_packets;
 };
 
 static struct conn **table;
@@ -80,13 +94,31 @@ static struct conn *conn_find(uint64_t id)
 	return table[idx];
 }
 
-static void out_free_list(struct out_msg *m)
+static void out_free(struct out_msg *m)
 {
-	while (m != NULL) {
-		struct out_msg *next = m->next;
-		free(m);
-		m = next;
+	free(m->dest);
+	free(m);
+}
+
+/* Hand a packet that will not be written back to the supervisor. */
+static void bounce(struct out_msg *m)
+{
+	if (m->dest != NULL) {
+		ipc_pack_ws_unsent(worker_ipc_packer(), m->dest, m->seq, m->payload, m->len);
+		worker_ipc_check();
 	}
+	out_free(m);
+}
+
+static void bounce_queue(struct conn *c)
+{
+	while (c->head != NULL) {
+		struct out_msg *m = c->head;
+		c->head = m->next;
+		bounce(m);
+	}
+	c->tail = NULL;
+	c->queued_bytes = 0;
 }
 
 static void conn_free(struct conn *c)
@@ -95,8 +127,8 @@ static void conn_free(struct conn *c)
 
 	table[idx] = NULL;
 	free_slots[free_count++] = idx;
-	out_free_list(c->head);
-	free(c->written);
+	bounce_queue(c);
+	free(c->tx);
 	free(c->rx);
 	free(c);
 	open_count--;
@@ -110,29 +142,32 @@ static size_t send_bound(void)
 	return bound < (1 << 20) ? (1 << 20) : bound;
 }
 
-void ws_send(uint64_t id, const char *data, size_t len)
+void ws_send(uint64_t id, const char *dest, uint64_t seq, const char *data,
+	     size_t len)
 {
 	struct conn *c = conn_find(id);
-	struct out_msg *m;
+	struct out_msg *m = malloc(sizeof *m + len);
 
-	if (c == NULL) {
-		log_debug("send to conn %llu: gone, dropped", (unsigned long long)id);
-		return;
-	}
-	if (c->close_code != 0)
-		return;
-	if (c->queued_bytes + len > send_bound()) {
-		log_warn("conn %llu reads too slowly (%zu bytes waiting); closing it",
-			 (unsigned long long)id, c->queued_bytes);
-		ws_close(id, LWS_CLOSE_STATUS_POLICY_VIOLATION);
-		return;
-	}
-	m = malloc(sizeof *m + LWS_PRE + len);
 	if (m == NULL)
 		fatal("out of memory");
 	m->next = NULL;
+	m->seq = seq;
+	m->dest = dest != NULL && dest[0] != '\0' ? strdup(dest) : NULL;
 	m->len = len;
-	memcpy(m->buf + LWS_PRE, data, len);
+	memcpy(m->payload, data, len);
+	if (c == NULL || c->close_code != 0) {
+		log_debug("send to conn %llu: closed, handed back",
+			  (unsigned long long)id);
+		bounce(m);
+		return;
+	}
+	if (c->queued_bytes + len > send_bound()) {
+		log_warn("conn %llu reads too slowly (%zu bytes waiting); closing it",
+			 (unsigned long long)id, c->queued_bytes);
+		bounce(m);
+		ws_close(id, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+		return;
+	}
 	if (c->tail != NULL)
 		c->tail->next = m;
 	else
@@ -149,12 +184,8 @@ void ws_close(uint64_t id, uint32_t code)
 	if (c == NULL || c->close_code != 0)
 		return;
 	c->close_code = code;
-	if (code != LWS_CLOSE_STATUS_GOINGAWAY) {
-		/* An error close does not wait for the queue. */
-		out_free_list(c->head);
-		c->head = c->tail = NULL;
-		c->queued_bytes = 0;
-	}
+	if (code != LWS_CLOSE_STATUS_GOINGAWAY)
+		bounce_queue(c); /* an error close does not wait for the queue */
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -196,6 +227,29 @@ static int close_with(struct lws *wsi, uint32_t code, const char *why)
 	return -1;
 }
 
+static void forward_packet(struct conn *c)
+{
+	struct wire_packet p;
+	char why[256];
+
+	if (wire_parse(c->rx, c->rx_len, wire_now(),
+		       (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why) < 0) {
+		c->invalid_packets++;
+		worker_stats.invalid_packets++;
+		if (!c->warned) {
+			c->warned = 1;
+			log_warn("conn %llu: dropped an invalid packet (%s); further ones "
+				 "on this connection are only counted",
+				 (unsigned long long)c->id, why);
+		}
+		wire_packet_free(&p);
+		return;
+	}
+	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
+	worker_ipc_check();
+	wire_packet_free(&p);
+}
+
 static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t len)
 {
 	size_t max = (size_t)worker_cfg.max_message_bytes;
@@ -224,8 +278,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 	c->rx_len += len;
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
 		return 0;
-	ipc_pack_ws_frame(worker_ipc_packer(), c->id, c->rx, c->rx_len);
-	worker_ipc_check();
+	forward_packet(c);
 	c->rx_len = 0;
 	if (c->rx_cap > 65536) { /* do not keep a huge buffer per connection */
 		free(c->rx);
@@ -237,11 +290,9 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
-	struct out_msg *m;
+	struct out_msg *m = c->head;
+	size_t n;
 
-	free(c->written);
-	c->written = NULL;
-	m = c->head;
 	if (m == NULL) {
 		if (c->close_code != 0)
 			return close_with(wsi, c->close_code,
@@ -254,8 +305,16 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 	if (c->head == NULL)
 		c->tail = NULL;
 	c->queued_bytes -= m->len;
-	c->written = m;
-	if (lws_write(wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT) < (int)m->len) {
+	if (c->tx_cap < LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES) {
+		c->tx_cap = LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES;
+		free(c->tx);
+		c->tx = malloc(c->tx_cap);
+		if (c->tx == NULL)
+			fatal("out of memory");
+	}
+	n = wire_stamp_outgoing((char *)c->tx + LWS_PRE, m->payload, m->len, wire_now());
+	out_free(m);
+	if (lws_write(wsi, c->tx + LWS_PRE, n, LWS_WRITE_TEXT) < (int)n) {
 		log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
 		return -1;
 	}

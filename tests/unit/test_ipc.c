@@ -8,6 +8,7 @@
 
 #include "../../core/ipc.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,20 +81,80 @@ static void test_round_trip_every_message(void **state)
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
-	PACK(b, ipc_pack_ws_frame(&pk, (1ULL << 32) | 5, payload, sizeof payload - 1));
+	{
+		struct ipc_packet_fields f = {
+			.type = 7, .subject_id = "agent-1", .status = NULL,
+			.request_id = "req-9", .client_timestamp = 1.5,
+			.server_timestamp = NAN, .router_incoming_timestamp = 1e9 + 0.25,
+		};
+		PACK(b, ipc_pack_ws_packet(&pk, (1ULL << 32) | 5, &f, payload,
+					   sizeof payload - 1));
+	}
 	decode_one(&b, &m, &r);
-	assert_int_equal(m.type, IPC_WS_FRAME);
+	assert_int_equal(m.type, IPC_WS_PACKET);
 	assert_true(m.conn == ((1ULL << 32) | 5));
+	assert_int_equal(m.code, 7);
+	assert_string_equal(m.str1, "agent-1");
+	assert_null(m.str2);
+	assert_string_equal(m.str3, "req-9");
+	assert_true(m.ts[0] == 1.5);
+	assert_true(isnan(m.ts[1]));
+	assert_true(m.ts[2] == 1e9 + 0.25);
 	assert_int_equal(m.len, sizeof payload - 1);
 	assert_memory_equal(m.data, payload, m.len);
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
-	PACK(b, ipc_pack_ws_send(&pk, 9, "", 0));
+	PACK(b, ipc_pack_ws_unsent(&pk, "agent-2", 77, payload, 3));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_UNSENT);
+	assert_string_equal(m.str1, "agent-2");
+	assert_true(m.seq == 77);
+	assert_int_equal(m.len, 3);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_http_request(&pk, 12, 3, NULL, "uuid-1", payload, 4));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_HTTP_REQUEST);
+	assert_true(m.conn == 12);
+	assert_int_equal(m.code, 3);
+	assert_null(m.str1);
+	assert_string_equal(m.str2, "uuid-1");
+	assert_int_equal(m.len, 4);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_version_mismatch(&pk, "2.0.3", "{}", 2));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_VERSION_MISMATCH);
+	assert_string_equal(m.str1, "2.0.3");
+	assert_memory_equal(m.data, "{}", 2);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_send(&pk, 9, "", 0, "", 0));
 	decode_one(&b, &m, &r);
 	assert_int_equal(m.type, IPC_WS_SEND);
 	assert_true(m.conn == 9);
+	assert_string_equal(m.str1, "");
 	assert_int_equal(m.len, 0);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_http_answer(&pk, 5, 408, "{\"error\":1}", 11));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_HTTP_ANSWER);
+	assert_true(m.conn == 5);
+	assert_int_equal(m.code, 408);
+	assert_int_equal(m.len, 11);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_http_answer(&pk, 6, 200, NULL, 0));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_HTTP_ANSWER);
+	assert_null(m.data);
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
@@ -132,13 +193,14 @@ static void test_stream_byte_by_byte(void **state)
 	msgpack_sbuffer_init(&b);
 	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 	for (uint64_t i = 0; i < 100; i++)
-		ipc_pack_ws_frame(&pk, i, "abcdef", (size_t)(i % 7));
+		ipc_pack_ws_send(&pk, i, "dest", i, "abcdef", (size_t)(i % 7));
 	for (size_t i = 0; i < b.size; i++) {
 		int rc;
 		feed(r, b.data + i, 1);
 		while ((rc = ipc_reader_next(r, &m, err, sizeof err)) == 1) {
-			assert_int_equal(m.type, IPC_WS_FRAME);
+			assert_int_equal(m.type, IPC_WS_SEND);
 			assert_true(m.conn == (uint64_t)got);
+			assert_string_equal(m.str1, "dest");
 			assert_int_equal(m.len, got % 7);
 			got++;
 		}
@@ -156,7 +218,7 @@ static void test_truncated(void **state)
 	struct ipc_msg m;
 
 	(void)state;
-	PACK(b, ipc_pack_ws_send(&pk, 1, "hello world", 11));
+	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 2, "hello world", 11));
 	for (size_t cut = 0; cut < b.size; cut++) {
 		r = ipc_reader_new(1 << 20);
 		feed(r, b.data, cut);
@@ -178,7 +240,7 @@ static void test_oversized(void **state)
 	char *payload = calloc(1, big);
 
 	(void)state;
-	PACK(b, ipc_pack_ws_frame(&pk, 1, payload, big));
+	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 1, payload, big));
 	/* Complete but over the bound. */
 	r = ipc_reader_new(big / 2);
 	feed(r, b.data, b.size);
@@ -225,7 +287,7 @@ static void test_garbage(void **state)
 	expect_garbage("\x90", 1, "not a non-empty array");
 	expect_garbage("\x81\x01\x02", 3, "not a non-empty array");
 	/* [ "x" ]: type not an integer */
-	expect_garbage("\x91\xa1x", 3, "type is not an integer");
+	expect_garbage("\x91\xa1" "x", 3, "type is not an integer");
 	/* [ 999 ]: unknown type */
 	expect_garbage("\x91\xcd\x03\xe7", 4, "unknown message type 999");
 	/* [ WS_OPENED ] without its conn */
@@ -234,8 +296,12 @@ static void test_garbage(void **state)
 	expect_garbage("\x92\x64\xff", 3, "expected an unsigned integer");
 	/* [ WS_OPENED, 1, 2 ]: extra field */
 	expect_garbage("\x93\x64\x01\x02", 4, "unexpected extra field");
-	/* [ WS_FRAME, 1, "str" ]: str where bin is expected */
-	expect_garbage("\x93\x66\x01\xa1x", 5, "expected bin");
+	/* [ WS_SEND, 1, "d\0", 2, "str" ]: str where bin is expected */
+	expect_garbage("\x95\xcc\xc8\x01\xa2" "d\0\x02\xa1" "x", 10, "expected bin");
+	/* [ WS_SEND, 1, "d" (no NUL), 2, bin ] */
+	expect_garbage("\x95\xcc\xc8\x01\xa1" "d\x02\xc4\x00", 9, "NUL-terminated");
+	/* [ HTTP_ANSWER, 1, 999, nil ]: status out of range */
+	expect_garbage("\x94\xcc\xcc\x01\xcd\x03\xe7\xc0", 8, "HTTP status out of range");
 	/* [ HELLO_WORKER, 1, 2^40, 0 ]: slot out of uint32 range */
 	msgpack_sbuffer_init(&b);
 	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);

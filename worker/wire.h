@@ -1,0 +1,36 @@
+/* Packets on the wire: parse and validate what a WebSocket brought (JSON,
+ * with jansson) into the routing fields the supervisor needs plus the
+ * payload it forwards untouched. */
+#ifndef MR_WIRE_H
+#define MR_WIRE_H
+
+#include "../core/ipc.h"
+#include "../core/packet.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* Room the outgoing timestamp adds to a packet. */
+#define WIRE_OUTGOING_STAMP_BYTES 64
+
+struct wire_packet {
+	struct ipc_packet_fields f; /* strings point into root */
+	char *payload;              /* compact JSON, malloc'ed */
+	size_t len;
+	json_t *root;
+};
+
+/* Parse one WebSocket message received at time now (epoch seconds).
+ * Returns 0, or -1 with the reason in why (the packet is to be dropped). */
+int wire_parse(const char *text, size_t len, double now, size_t backend_max,
+	       struct wire_packet *out, char *why, size_t whylen);
+void wire_packet_free(struct wire_packet *p);
+
+/* Epoch seconds, as the protocol's timestamps. */
+double wire_now(void);
+
+/* Write payload with "router_outgoing_timestamp" added into dst, which must
+ * hold len + WIRE_OUTGOING_STAMP_BYTES bytes; returns the length. */
+size_t wire_stamp_outgoing(char *dst, const char *payload, size_t len, double now);
+
+#endif
