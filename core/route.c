@@ -24,10 +24,12 @@ struct queue {
 	size_t count;
 };
 
+/* Also a hash key (conns map): no padding bytes allowed. */
 struct endpoint {
-	uint32_t worker;
+	uint64_t worker;
 	uint64_t conn;
 };
+_Static_assert(sizeof(struct endpoint) == 16, "struct endpoint has padding");
 
 struct agent {
 	char *id;

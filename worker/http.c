@@ -1,25 +1,96 @@
-/* HTTP requests of one worker: the router's own endpoints and the files of
- * static_dir.
+/* HTTP requests of one worker: the router's endpoints and the files of
+ * static_dir and upload_dir.
  *
- * Files are streamed by lws_serve_http_file(); the lookup is ours so that
- * every answer, 404s included, carries X-Router-Worker and Cache-Control:
- * no-cache (lws's mounts answer errors without our headers and send
- * no-store), and so that a path can never leave static_dir: ".." segments
- * are refused and the resolved path (symlinks followed) must stay inside
- * the resolved static_dir. */
+ * GET endpoints are answered here. POST endpoints read their body (JSON, or
+ * multipart/form-data through lws_spa with files streamed to upload_dir),
+ * build the packet for the backend with jansson and hand it to the
+ * supervisor (HTTP_REQUEST); the answer comes back as HTTP_ANSWER, at once
+ * or, for request_agent and submit_onboarding, when the backend's
+ * agent_details arrives (or the request times out).
+ *
+ * Every answer is written in one lws_write (headers and body together) and
+ * carries X-Router-Worker and Cache-Control: no-cache. Files are streamed
+ * by lws_serve_http_file(); the lookup is ours, so that 404s carry our
+ * headers too (lws mounts answer errors without them and send no-store),
+ * and so that a path can never leave its folder: ".." segments are refused
+ * and the resolved path (symlinks followed) must stay inside the folder. */
 #include "worker.h"
 
+#include "../core/idtable.h"
+#include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/route.h"
+#include "wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <unistd.h>
 
-#define HEADER_BUF 2048
+#define HEADER_BUF 1024
+#define MAX_UPLOAD_FILES 64
+/* Stored uploads are named UPLOAD_PREFIX + 32 hex digits, never by the client. */
+#define UPLOAD_PREFIX "mr-"
+#define UPLOAD_NAME_LEN (3 + 32)
+
+enum endpoint {
+	EP_REQUEST_AGENT = 1,
+	EP_SUBMIT_ONBOARDING,
+	EP_SUBMIT_TASK,
+	EP_SUBMIT_METADATA,
+	EP_LOG_ERROR,
+};
+
+static const struct {
+	const char *path;
+	enum endpoint ep;
+	const char *ok_body; /* the answer once the supervisor has the packet */
+} posts[] = {
+	{ "/request_agent", EP_REQUEST_AGENT, NULL },
+	{ "/submit_onboarding", EP_SUBMIT_ONBOARDING, NULL },
+	{ "/submit_task", EP_SUBMIT_TASK, "{\"status\": \"Submitted!\"}" },
+	{ "/submit_metadata", EP_SUBMIT_METADATA, "{\"status\": \"Submitted metadata\"}" },
+	{ "/log_error", EP_LOG_ERROR, "{\"status\": \"Error log sent!\"}" },
+};
+
+struct upload {
+	char *field, *original, *mimetype;
+	char stored[UPLOAD_NAME_LEN + 1];
+	char *path;
+	size_t size;
+};
+
+struct http_req {
+	int post; /* index into posts[] + 1; 0 for GET */
+	int multipart;
+	char *body;
+	size_t len, expected;
+	struct lws_spa *spa;
+	struct upload files[MAX_UPLOAD_FILES];
+	size_t nfiles;
+	int fd; /* the upload being written, or -1 */
+	int spa_failed;
+	int committed; /* the uploads now belong to the backend */
+	uint64_t pending; /* waiting for the supervisor's answer */
+	unsigned char *answer; /* LWS_PRE + headers + body */
+	size_t answer_len;
+	int close_after;
+};
+
+/* Requests waiting for the supervisor, by the id sent in HTTP_REQUEST. */
+static struct idtable pending;
+
+/* mephisto-task versions this worker already reported. */
+static char *reported_versions[32];
+static size_t nreported;
 
 /* Types lws lacks, and the fallback for any other extension (lws answers
  * 415 for unknown ones: LWS-NOTES trap 4). */
@@ -55,6 +126,63 @@ static const struct lws_protocol_vhost_options mime_wav = {
 };
 static const struct lws_http_mount mime_mount = { .extra_mimetypes = &mime_wav };
 
+static const char *mimetype_of(const char *name)
+{
+	const char *type = lws_get_mimetype(name, &mime_mount);
+
+	return type ? type : "application/octet-stream";
+}
+
+/* ---- requests ---- */
+
+static struct http_req *req_get(struct session *s)
+{
+	if (s->req == NULL) {
+		s->req = calloc(1, sizeof *s->req);
+		if (s->req == NULL)
+			fatal("out of memory");
+		s->req->fd = -1;
+	}
+	return s->req;
+}
+
+static void req_free(struct session *s)
+{
+	struct http_req *r = s->req;
+
+	if (r == NULL)
+		return;
+	if (r->pending)
+		idtable_del(&pending, r->pending);
+	if (r->spa != NULL)
+		lws_spa_destroy(r->spa);
+	if (r->fd >= 0)
+		close(r->fd);
+	for (size_t i = 0; i < r->nfiles; i++) {
+		/* A refused or abandoned request leaves nothing behind. */
+		if (!r->committed && unlink(r->files[i].path) < 0 && errno != ENOENT)
+			log_warn("cannot remove upload %s: %s", r->files[i].path,
+				 strerror(errno));
+		free(r->files[i].field);
+		free(r->files[i].original);
+		free(r->files[i].path);
+	}
+	free(r->body);
+	free(r->answer);
+	free(r);
+	s->req = NULL;
+}
+
+void http_free_all(void)
+{
+	idtable_free(&pending);
+	for (size_t i = 0; i < nreported; i++)
+		free(reported_versions[i]);
+	nreported = 0;
+}
+
+/* ---- answers ---- */
+
 static int add_worker_header(struct lws *wsi, unsigned char **p,
 			     unsigned char *end)
 {
@@ -76,62 +204,103 @@ static int add_router_headers(struct lws *wsi, unsigned char **p,
 	return 0;
 }
 
-/* Answer with a complete body: headers now, the body on WRITEABLE. */
-static int respond(struct lws *wsi, struct session *s, unsigned int status,
-		   const char *type, const char *body, size_t len, int head_only)
+/* Prepare the whole answer and ask for the WRITEABLE callback. close_after:
+ * the request body was not (fully) read, so the connection cannot be
+ * reused. */
+static int answer(struct lws *wsi, struct session *s, unsigned int status,
+		  const char *type, const char *body, size_t len, int close_after)
 {
-	unsigned char buf[LWS_PRE + HEADER_BUF];
-	unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
+	struct http_req *r = req_get(s);
+	unsigned char *start, *p, *end;
+	int head_only = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
 
+	free(r->answer);
+	r->answer = malloc(LWS_PRE + HEADER_BUF + len);
+	if (r->answer == NULL)
+		fatal("out of memory");
+	start = p = r->answer + LWS_PRE;
+	end = start + HEADER_BUF - 1;
 	if (lws_add_http_common_headers(wsi, status, type, (lws_filepos_t)len, &p, end) ||
 	    add_router_headers(wsi, &p, end) ||
-	    lws_finalize_write_http_header(wsi, start, &p, end))
+	    (close_after && lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
+				(const unsigned char *)"close", 5, &p, end)) ||
+	    lws_finalize_http_header(wsi, &p, end))
 		return -1;
-	if (head_only || len == 0)
-		return lws_http_transaction_completed(wsi) ? -1 : 0;
-	free(s->body);
-	s->body = malloc(LWS_PRE + len);
-	if (s->body == NULL)
-		fatal("out of memory");
-	memcpy(s->body + LWS_PRE, body, len);
-	s->body_len = len;
+	if (!head_only && len > 0) {
+		memcpy(p, body, len);
+		p += len;
+	}
+	r->answer_len = (size_t)(p - start);
+	r->close_after = close_after;
 	lws_callback_on_writable(wsi);
 	return 0;
 }
 
-static int respond_json(struct lws *wsi, struct session *s, unsigned int status,
-			const char *json, int head_only)
+static int answer_json(struct lws *wsi, struct session *s, unsigned int status,
+		       const char *json)
 {
-	return respond(wsi, s, status, "application/json", json, strlen(json),
-		       head_only);
+	return answer(wsi, s, status, "application/json", json, strlen(json), 0);
 }
 
-static int respond_error(struct lws *wsi, struct session *s, unsigned int status,
-			 const char *message, int head_only)
+/* An error answer: {"error": message}. */
+static int answer_error(struct lws *wsi, struct session *s, unsigned int status,
+			const char *message, int close_after)
 {
-	char json[256];
+	json_t *obj = json_pack("{s:s}", "error", message);
+	char *text = json_dumps(obj, JSON_COMPACT);
+	int rc;
 
-	snprintf(json, sizeof json, "{\"error\": \"%s\"}", message);
-	return respond_json(wsi, s, status, json, head_only);
+	json_decref(obj);
+	if (text == NULL)
+		fatal("out of memory");
+	rc = answer(wsi, s, status, "application/json", text, strlen(text), close_after);
+	free(text);
+	return rc;
 }
 
 static int on_writeable(struct lws *wsi, struct session *s)
 {
-	int n;
+	struct http_req *r = s->req;
+	int close_after, n;
 
-	if (s->body == NULL)
+	if (r == NULL || r->answer == NULL)
 		return 0;
-	n = lws_write(wsi, (unsigned char *)s->body + LWS_PRE, s->body_len,
-		      LWS_WRITE_HTTP_FINAL);
-	free(s->body);
-	s->body = NULL;
-	if (n < (int)s->body_len || s->close_after)
+	n = lws_write(wsi, r->answer + LWS_PRE, r->answer_len, LWS_WRITE_HTTP_FINAL);
+	close_after = r->close_after;
+	if (n < (int)r->answer_len)
+		close_after = 1;
+	req_free(s);
+	if (close_after)
 		return -1;
 	return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-/* Map a request path to a file inside static_dir, or answer why not. */
-static int static_path(const char *uri, char *out, size_t outlen)
+void http_answer_from_supervisor(uint64_t id, unsigned int status,
+				 const char *body, size_t len)
+{
+	struct lws *wsi = idtable_del(&pending, id);
+	struct session *s;
+	const char *ok;
+
+	if (wsi == NULL) {
+		log_debug("answer for request %llu, whose client is gone: dropped",
+			  (unsigned long long)id);
+		return;
+	}
+	s = lws_wsi_user(wsi);
+	s->req->pending = 0;
+	ok = posts[s->req->post - 1].ok_body;
+	if (body == NULL && ok != NULL)
+		body = ok, len = strlen(ok);
+	if (answer(wsi, s, status, "application/json", body ? body : "{}",
+		   body ? len : 2, 0) < 0)
+		lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+}
+
+/* ---- files ---- */
+
+/* Map a request path to a regular file inside dir, or fail. */
+static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen)
 {
 	char joined[PATH_MAX * 2], root[PATH_MAX];
 	const char *seg;
@@ -143,7 +312,7 @@ static int static_path(const char *uri, char *out, size_t outlen)
 	for (seg = uri; seg != NULL; seg = strchr(seg + 1, '/'))
 		if (strncmp(seg, "/..", 3) == 0 && (seg[3] == '/' || seg[3] == '\0'))
 			return -1;
-	if (realpath(worker_cfg.static_dir, root) == NULL)
+	if (realpath(dir, root) == NULL)
 		return -1;
 	snprintf(joined, sizeof joined, "%s%s%s", root, uri,
 		 uri[strlen(uri) - 1] == '/' ? "index.html" : "");
@@ -160,18 +329,17 @@ static int static_path(const char *uri, char *out, size_t outlen)
 	return stat(out, &st) == 0 && S_ISREG(st.st_mode) ? 0 : -1;
 }
 
-static int serve_static(struct lws *wsi, struct session *s, const char *uri,
-			int head_only)
+static int serve_file(struct lws *wsi, struct session *s, const char *dir,
+		      const char *uri, const char *type)
 {
 	char path[PATH_MAX];
 	unsigned char headers[HEADER_BUF], *p = headers;
-	const char *type;
 	int n;
 
-	if (static_path(uri, path, sizeof path) < 0)
-		return respond_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found",
-				     head_only);
-	type = lws_get_mimetype(path, &mime_mount);
+	if (resolve_in(dir, uri, path, sizeof path) < 0)
+		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
+	if (type == NULL)
+		type = mimetype_of(path);
 	if (add_router_headers(wsi, &p, headers + sizeof headers - 1))
 		return -1;
 	*p = '\0';
@@ -182,44 +350,553 @@ static int serve_static(struct lws *wsi, struct session *s, const char *uri,
 	return 0;
 }
 
+static int is_stored_upload_name(const char *name)
+{
+	if (strlen(name) != UPLOAD_NAME_LEN ||
+	    strncmp(name, UPLOAD_PREFIX, strlen(UPLOAD_PREFIX)) != 0)
+		return 0;
+	for (const char *c = name + strlen(UPLOAD_PREFIX); *c; c++)
+		if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f')))
+			return 0;
+	return 1;
+}
+
+/* GET /download_file/<name>: only names the router gives uploads. */
+static int serve_download(struct lws *wsi, struct session *s, const char *name)
+{
+	char uri[UPLOAD_NAME_LEN + 2];
+
+	if (!is_stored_upload_name(name))
+		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
+	snprintf(uri, sizeof uri, "/%s", name);
+	return serve_file(wsi, s, worker_cfg.upload_dir, uri, "application/octet-stream");
+}
+
+/* ---- task_config.json and the mephisto-task version ---- */
+
+static void expected_version(char *out, size_t len)
+{
+	char path[PATH_MAX + 32];
+	json_t *config, *v;
+
+	snprintf(out, len, "%s", worker_cfg.mephisto_task_version);
+	snprintf(path, sizeof path, "%s/task_config.json", worker_cfg.static_dir);
+	config = json_load_file(path, 0, NULL);
+	v = json_object_get(config, "mephisto_task_version");
+	if (json_is_string(v))
+		snprintf(out, len, "%s", json_string_value(v));
+	json_decref(config);
+}
+
+static void check_task_version(struct lws *wsi)
+{
+	char reported[64], expected[64], text[256];
+	const char *v = lws_get_urlarg_by_name(wsi, "mephisto_task_version=",
+					       reported, sizeof reported);
+	json_t *packet;
+	char *payload;
+
+	if (v == NULL)
+		return;
+	expected_version(expected, sizeof expected);
+	if (strcmp(v, expected) == 0)
+		return;
+	for (size_t i = 0; i < nreported; i++)
+		if (strcmp(reported_versions[i], v) == 0)
+			return; /* this worker told the supervisor already */
+	if (nreported < sizeof reported_versions / sizeof reported_versions[0]) {
+		reported_versions[nreported] = strdup(v);
+		if (reported_versions[nreported] != NULL)
+			nreported++;
+	}
+	snprintf(text, sizeof text,
+		 "The task page uses mephisto-task version %s, but this task expects "
+		 "version %s; update the task's mephisto-task package.", v, expected);
+	packet = json_pack("{s:s, s:s, s:{s:s, s:s}, s:f}", "packet_type", "log_error",
+			   "subject_id", PACKET_MEPHISTO, "data", "error_type",
+			   "version-mismatch", "text", text,
+			   "router_incoming_timestamp", wire_now());
+	payload = json_dumps(packet, JSON_COMPACT);
+	json_decref(packet);
+	if (payload == NULL)
+		fatal("out of memory");
+	ipc_pack_version_mismatch(worker_ipc_packer(), v, payload, strlen(payload));
+	worker_ipc_check();
+	free(payload);
+}
+
+/* ---- POST bodies ---- */
+
+static void random_hex(char *out, size_t bytes)
+{
+	unsigned char buf[32];
+	size_t got = 0;
+
+	while (got < bytes) {
+		ssize_t n = getrandom(buf + got, bytes - got, 0);
+		if (n < 0 && errno != EINTR)
+			fatal("getrandom: %s", strerror(errno));
+		if (n > 0)
+			got += (size_t)n;
+	}
+	for (size_t i = 0; i < bytes; i++)
+		sprintf(out + 2 * i, "%02x", buf[i]);
+}
+
+static void uuid4(char out[37])
+{
+	char hex[33];
+
+	random_hex(hex, 16);
+	hex[12] = '4';
+	hex[16] = "89ab"[(hex[16] - '0') & 3];
+	snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
+		 hex + 16, hex + 20);
+}
+
+static int upload_cb(void *data, const char *name, const char *filename,
+		     char *buf, int len, enum lws_spa_fileupload_states state)
+{
+	struct http_req *r = ((struct session *)data)->req;
+	struct upload *u;
+	const char *dir = worker_cfg.upload_dir;
+	size_t dirlen = strlen(dir);
+
+	switch (state) {
+	case LWS_UFS_OPEN:
+		if (r->nfiles == MAX_UPLOAD_FILES) {
+			log_info("upload refused: more than %d files", MAX_UPLOAD_FILES);
+			return -1;
+		}
+		u = &r->files[r->nfiles];
+		memset(u, 0, sizeof *u);
+		memcpy(u->stored, UPLOAD_PREFIX, strlen(UPLOAD_PREFIX));
+		random_hex(u->stored + strlen(UPLOAD_PREFIX), 16);
+		u->field = strdup(name);
+		u->original = strdup(filename);
+		u->mimetype = (char *)mimetype_of(filename);
+		u->path = malloc(dirlen + UPLOAD_NAME_LEN + 2);
+		if (!u->field || !u->original || !u->path)
+			fatal("out of memory");
+		sprintf(u->path, "%s%s%s", dir, dirlen && dir[dirlen - 1] == '/' ? "" : "/",
+			u->stored);
+		r->nfiles++;
+		r->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+		if (r->fd < 0) {
+			log_error("cannot store upload %s: %s", u->path, strerror(errno));
+			return -1;
+		}
+		return 0;
+	case LWS_UFS_CONTENT:
+	case LWS_UFS_FINAL_CONTENT:
+		if (r->fd < 0)
+			return -1;
+		u = &r->files[r->nfiles - 1];
+		for (int done = 0; done < len;) {
+			ssize_t n = write(r->fd, buf + done, (size_t)(len - done));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0) {
+				log_error("cannot write upload %s: %s", u->path, strerror(errno));
+				return -1;
+			}
+			done += (int)n;
+		}
+		u->size += (size_t)len;
+		if (state == LWS_UFS_FINAL_CONTENT) {
+			close(r->fd);
+			r->fd = -1;
+		}
+		return 0;
+	case LWS_UFS_CLOSE:
+		if (r->fd >= 0) {
+			close(r->fd);
+			r->fd = -1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+static const char *const form_fields[] = {
+	"USED_AGENT_ID", "final_string_data", "metadata", "client_timestamp",
+};
+enum { FORM_AGENT, FORM_FINAL_STRING_DATA, FORM_METADATA, FORM_CLIENT_TIMESTAMP };
+
+/* The request body as a JSON object: parsed from the JSON body, or made of
+ * the multipart form's fields (values as strings). */
+static json_t *body_object(struct http_req *r, char *why, size_t whylen)
+{
+	json_error_t error;
+	json_t *obj;
+
+	if (!r->multipart) {
+		obj = json_loadb(r->body ? r->body : "", r->len, JSON_REJECT_DUPLICATES, &error);
+		if (obj == NULL) {
+			snprintf(why, whylen, "the body is not JSON: %s at line %d column %d",
+				 error.text, error.line, error.column);
+			return NULL;
+		}
+		if (!json_is_object(obj)) {
+			json_decref(obj);
+			snprintf(why, whylen, "the body is not a JSON object");
+			return NULL;
+		}
+		return obj;
+	}
+	obj = json_object();
+	for (int i = 0; i < (int)(sizeof form_fields / sizeof form_fields[0]); i++) {
+		const char *v = lws_spa_get_string(r->spa, i);
+		if (v != NULL)
+			json_object_set_new(obj, form_fields[i],
+					    json_stringn(v, (size_t)lws_spa_get_length(r->spa, i)));
+	}
+	return obj;
+}
+
+/* A member that may be a JSON object or JSON text holding one. */
+static json_t *object_or_text(json_t *v, const char *name, char *why, size_t whylen)
+{
+	json_error_t error;
+	json_t *parsed;
+
+	if (v == NULL || json_is_null(v))
+		return json_object();
+	if (json_is_object(v))
+		return json_incref(v);
+	if (!json_is_string(v)) {
+		snprintf(why, whylen, "%s must be an object or JSON text", name);
+		return NULL;
+	}
+	parsed = json_loadb(json_string_value(v), json_string_length(v), 0, &error);
+	if (parsed == NULL || !json_is_object(parsed)) {
+		snprintf(why, whylen, "%s is not a JSON object%s%s", name,
+			 parsed ? "" : ": ", parsed ? "" : error.text);
+		json_decref(parsed);
+		return NULL;
+	}
+	return parsed;
+}
+
+static json_t *client_timestamp_of(json_t *body)
+{
+	json_t *v = json_object_get(body, "client_timestamp");
+	char *end;
+	double d;
+
+	if (json_is_number(v))
+		return json_real(json_number_value(v));
+	if (json_is_string(v)) {
+		d = strtod(json_string_value(v), &end);
+		if (end != json_string_value(v) && *end == '\0' && isfinite(d))
+			return json_real(d);
+	}
+	return json_null();
+}
+
+static json_t *file_record(const struct upload *u, int with_field)
+{
+	json_t *rec = json_object();
+
+	if (with_field)
+		json_object_set_new(rec, "fieldname", json_string(u->field));
+	json_object_set_new(rec, "originalname", json_string(u->original));
+	json_object_set_new(rec, "encoding", json_string("7bit"));
+	json_object_set_new(rec, "mimetype", json_string(u->mimetype));
+	json_object_set_new(rec, "destination", json_string(worker_cfg.upload_dir));
+	json_object_set_new(rec, "filename", json_string(u->stored));
+	json_object_set_new(rec, "path", json_string(u->path));
+	json_object_set_new(rec, "size", json_integer((json_int_t)u->size));
+	return rec;
+}
+
+/* data.files and data.filesByFields, as the reference router's multer
+ * gives them to the backend. */
+static int add_files(struct http_req *r, json_t *data, char *why, size_t whylen)
+{
+	json_t *files, *by_field;
+
+	if (r->nfiles == 0)
+		return 0;
+	if (!json_is_object(data)) {
+		snprintf(why, whylen, "files were uploaded but the data is not an object");
+		return -1;
+	}
+	files = json_array();
+	by_field = json_object();
+	for (size_t i = 0; i < r->nfiles; i++) {
+		const struct upload *u = &r->files[i];
+		json_t *list = json_object_get(by_field, u->field);
+		if (list == NULL) {
+			list = json_array();
+			json_object_set_new(by_field, u->field, list);
+		}
+		json_array_append_new(files, file_record(u, 1));
+		json_array_append_new(list, file_record(u, 0));
+	}
+	json_object_set_new(data, "files", files);
+	json_object_set_new(data, "filesByFields", by_field);
+	return 0;
+}
+
+/* Build the packet for the backend from the request body. Returns the
+ * packet, with *flags, agent id and request id for the supervisor, or NULL
+ * with why (a 400). */
+static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flags,
+			    const char **agent_id, char request_id[37], char *why,
+			    size_t whylen)
+{
+	enum endpoint ep = posts[r->post - 1].ep;
+	json_t *data = NULL, *agent = json_object_get(body, "USED_AGENT_ID");
+	const char *type, *subject;
+
+	*flags = 0;
+	*agent_id = NULL;
+	request_id[0] = '\0';
+	switch (ep) {
+	case EP_REQUEST_AGENT: {
+		json_t *pd = json_object_get(body, "provider_data");
+		uuid4(request_id);
+		data = json_pack("{s:O, s:s}", "provider_data", pd ? pd : json_object(),
+				 "request_id", request_id);
+		if (pd == NULL)
+			json_decref(json_object_get(data, "provider_data"));
+		*flags = ROUTE_HTTP_WAIT_DETAILS;
+		type = "register_agent";
+		subject = request_id;
+		break;
+	}
+	case EP_SUBMIT_ONBOARDING: {
+		json_t *pd = json_object_get(body, "provider_data");
+		if (!json_is_object(pd) ||
+		    !json_is_string(json_object_get(pd, "USED_AGENT_ID"))) {
+			snprintf(why, whylen, "provider_data.USED_AGENT_ID is missing or not a string");
+			return NULL;
+		}
+		data = json_deep_copy(pd);
+		*agent_id = json_string_value(json_object_get(pd, "USED_AGENT_ID"));
+		json_object_del(data, "USED_AGENT_ID");
+		if (json_object_get(data, "onboarding_data") == NULL)
+			json_object_set_new(data, "onboarding_data", json_object());
+		uuid4(request_id);
+		json_object_set_new(data, "request_id", json_string(request_id));
+		*flags = ROUTE_HTTP_WAIT_DETAILS | ROUTE_HTTP_FORGET_AGENT;
+		type = "submit_onboarding";
+		subject = *agent_id;
+		break;
+	}
+	case EP_SUBMIT_TASK:
+	case EP_SUBMIT_METADATA:
+		if (!json_is_string(agent)) {
+			snprintf(why, whylen, "USED_AGENT_ID is missing or not a string");
+			return NULL;
+		}
+		*agent_id = subject = json_string_value(agent);
+		if (ep == EP_SUBMIT_TASK && json_object_get(body, "final_data") != NULL) {
+			data = json_incref(json_object_get(body, "final_data"));
+		} else {
+			const char *name = ep == EP_SUBMIT_TASK ? "final_string_data" : "metadata";
+			data = object_or_text(json_object_get(body, name), name, why, whylen);
+			if (data == NULL)
+				return NULL;
+		}
+		if (add_files(r, data, why, whylen) < 0) {
+			json_decref(data);
+			return NULL;
+		}
+		*flags = ep == EP_SUBMIT_TASK ? ROUTE_HTTP_FORGET_AGENT : 0;
+		type = ep == EP_SUBMIT_TASK ? "submit_unit" : "submit_metadata";
+		break;
+	case EP_LOG_ERROR: {
+		json_t *e = json_object_get(body, "error_data");
+		subject = json_is_string(agent) ? json_string_value(agent) : "";
+		/* The backend requires a data object (PROTOCOL.md, point 10). */
+		if (e == NULL || json_is_null(e))
+			data = json_object();
+		else if (json_is_object(e))
+			data = json_incref(e);
+		else
+			data = json_pack("{s:O}", "error_data", e);
+		type = "log_error";
+		break;
+	}
+	default:
+		snprintf(why, whylen, "no such endpoint");
+		return NULL;
+	}
+	return json_pack("{s:s, s:s, s:o, s:o, s:f}", "packet_type", type,
+			 "subject_id", subject, "data", data, "client_timestamp",
+			 client_timestamp_of(body), "router_incoming_timestamp", wire_now());
+}
+
+static int post_complete(struct lws *wsi, struct session *s)
+{
+	struct http_req *r = s->req;
+	char why[512], request_id[37];
+	const char *agent_id;
+	unsigned int flags;
+	json_t *body, *packet;
+	char *payload;
+	size_t len;
+
+	if (r->spa != NULL && lws_spa_finalize(r->spa) < 0)
+		r->spa_failed = 1;
+	if (r->spa_failed)
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+				    "malformed multipart/form-data body", 0);
+	body = body_object(r, why, sizeof why);
+	if (body == NULL)
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, why, 0);
+	packet = build_packet(r, body, &flags, &agent_id, request_id, why, sizeof why);
+	if (packet == NULL) {
+		json_decref(body);
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, why, 0);
+	}
+	payload = json_dumps(packet, JSON_COMPACT);
+	json_decref(packet);
+	if (payload == NULL)
+		fatal("out of memory");
+	len = strlen(payload);
+	if (len + WIRE_OUTGOING_STAMP_BYTES > (size_t)worker_cfg.backend_max_frame_bytes) {
+		snprintf(why, sizeof why, "the packet for the backend would be %zu bytes, "
+			 "more than backend_max_frame_bytes (%lld)", len,
+			 (long long)worker_cfg.backend_max_frame_bytes);
+		free(payload);
+		json_decref(body);
+		return answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, why, 0);
+	}
+	r->pending = idtable_add(&pending, wsi);
+	ipc_pack_http_request(worker_ipc_packer(), r->pending, flags, agent_id,
+			      request_id[0] ? request_id : NULL, payload, len);
+	worker_ipc_check();
+	r->committed = 1;
+	free(payload);
+	json_decref(body);
+	return 0;
+}
+
+static int header_value(struct lws *wsi, enum lws_token_indexes token, char *out,
+			size_t len)
+{
+	out[0] = '\0';
+	if (lws_hdr_total_length(wsi, token) <= 0)
+		return -1;
+	return lws_hdr_copy(wsi, out, (int)len, token) < 0 ? -1 : 0;
+}
+
+static int post_start(struct lws *wsi, struct session *s, const char *uri)
+{
+	struct http_req *r;
+	char value[256];
+	long long length;
+	char *end;
+	size_t i;
+
+	for (i = 0; i < sizeof posts / sizeof posts[0]; i++)
+		if (strcmp(uri, posts[i].path) == 0)
+			break;
+	if (i == sizeof posts / sizeof posts[0])
+		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 1);
+	r = req_get(s);
+	r->post = (int)i + 1;
+	if (header_value(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value) < 0)
+		/* lws cannot read chunked bodies (LWS-NOTES trap 5) */
+		return answer_error(wsi, s, HTTP_STATUS_LENGTH_REQUIRED,
+				    "Content-Length is required", 1);
+	length = strtoll(value, &end, 10);
+	if (end == value || *end != '\0' || length < 0)
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+				    "bad Content-Length", 1);
+	if (length > worker_cfg.max_body_bytes) {
+		snprintf(value, sizeof value, "the body is larger than max_body_bytes (%lld)",
+			 (long long)worker_cfg.max_body_bytes);
+		return answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, value, 1);
+	}
+	r->expected = (size_t)length;
+	header_value(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, value, sizeof value);
+	if (strncasecmp(value, "multipart/form-data", 19) == 0) {
+		lws_spa_create_info_t info = {
+			.param_names = form_fields,
+			.count_params = (int)(sizeof form_fields / sizeof form_fields[0]),
+			.max_storage = (int)(length + 1024),
+			.opt_cb = upload_cb,
+			.opt_data = s,
+		};
+		r->multipart = 1;
+		r->spa = lws_spa_create_via_info(wsi, &info);
+		if (r->spa == NULL)
+			return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+					    "malformed multipart/form-data request", 1);
+	} else {
+		r->body = malloc(r->expected + 1);
+		if (r->body == NULL)
+			fatal("out of memory");
+	}
+	if (length == 0)
+		return post_complete(wsi, s);
+	return 0;
+}
+
+static int post_body(struct lws *wsi, struct session *s, const char *in, size_t len)
+{
+	struct http_req *r = s->req;
+
+	(void)wsi;
+	if (r == NULL || r->answer != NULL)
+		return 0; /* already answered (an error); drop the rest */
+	if (r->spa != NULL) {
+		if (!r->spa_failed && lws_spa_process(r->spa, in, (int)len) < 0)
+			r->spa_failed = 1;
+		return 0;
+	}
+	if (r->len + len > r->expected)
+		len = r->expected - r->len;
+	memcpy(r->body + r->len, in, len);
+	r->len += len;
+	return 0;
+}
+
+/* ---- dispatch ---- */
+
 static int on_request(struct lws *wsi, struct session *s)
 {
-	char *uri = NULL;
+	char *uri = NULL, json[64];
 	int ulen = 0;
 	int method = lws_http_get_uri_and_method(wsi, &uri, &ulen);
-	int head_only = method == LWSHUMETH_HEAD;
-	char json[64];
+	struct timeval tv;
 
+	req_free(s);
 	if (method < 0 || uri == NULL)
-		return respond_error(wsi, s, HTTP_STATUS_BAD_REQUEST, "bad request", 0);
-	log_debug("%s %s", method == LWSHUMETH_GET ? "GET" :
-			   method == LWSHUMETH_POST ? "POST" : "HTTP", uri);
-	if (method != LWSHUMETH_GET && method != LWSHUMETH_HEAD) {
-		/* No POST endpoint exists yet; refuse without reading a body,
-		 * and close so unread body bytes are not parsed as a request. */
-		s->close_after = 1;
-		return respond_error(wsi, s, HTTP_STATUS_METHOD_NOT_ALLOWED,
-				     "method not allowed", 0);
-	}
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, "bad request", 1);
+	log_debug("%s %s", method == LWSHUMETH_POST ? "POST" : "GET", uri);
+	if (method == LWSHUMETH_POST)
+		return post_start(wsi, s, uri);
+	if (method != LWSHUMETH_GET && method != LWSHUMETH_HEAD)
+		return answer_error(wsi, s, HTTP_STATUS_METHOD_NOT_ALLOWED,
+				    "method not allowed", 1);
 	if (strcmp(uri, "/is_alive") == 0)
-		return respond_json(wsi, s, HTTP_STATUS_OK, "{\"status\": \"Alive!\"}",
-				    head_only);
+		return answer_json(wsi, s, HTTP_STATUS_OK, "{\"status\": \"Alive!\"}");
 	if (strcmp(uri, "/get_timestamp") == 0) {
-		struct timeval tv;
 		gettimeofday(&tv, NULL);
 		snprintf(json, sizeof json, "{\"timestamp\": %lld}",
 			 (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000);
-		return respond_json(wsi, s, HTTP_STATUS_OK, json, head_only);
+		return answer_json(wsi, s, HTTP_STATUS_OK, json);
 	}
-	return serve_static(wsi, s, uri, head_only);
+	if (strcmp(uri, "/task_index") == 0 || strcmp(uri, "/welcome") == 0 ||
+	    strcmp(uri, "/") == 0)
+		return serve_file(wsi, s, worker_cfg.static_dir, "/index.html", NULL);
+	if (strcmp(uri, "/task_config.json") == 0)
+		check_task_version(wsi);
+	if (strncmp(uri, "/download_file/", 15) == 0)
+		return serve_download(wsi, s, uri + 15);
+	return serve_file(wsi, s, worker_cfg.static_dir, uri, NULL);
 }
 
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		  struct session *s, void *in, size_t len)
 {
-	(void)len;
 	switch (reason) {
-	case LWS_CALLBACK_ADD_HEADERS: {
+	case LWS_CALLBACK_ADD_HEADERS: { /* the WebSocket upgrade answer */
 		struct lws_process_html_args *args = in;
 		unsigned char *p = (unsigned char *)args->p;
 		if (add_worker_header(wsi, &p, p + args->max_len))
@@ -229,13 +906,18 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	}
 	case LWS_CALLBACK_HTTP:
 		return on_request(wsi, s);
+	case LWS_CALLBACK_HTTP_BODY:
+		return post_body(wsi, s, in, len);
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		if (s->req == NULL || s->req->answer != NULL || s->req->pending)
+			return 0;
+		return post_complete(wsi, s);
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return on_writeable(wsi, s);
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
-		free(s->body);
-		s->body = NULL;
+		req_free(s);
 		return 0;
 	default:
 		return 0;

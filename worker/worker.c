@@ -154,6 +154,9 @@ static void ipc_handle(const struct ipc_msg *m)
 	case IPC_CONFIG:
 		apply_config(m->data, m->len);
 		return;
+	case IPC_HTTP_ANSWER:
+		http_answer_from_supervisor(m->conn, m->code, m->data, m->len);
+		return;
 	default:
 		ipc_broken("message of the wrong direction");
 		return;
@@ -272,6 +275,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return ws_callback(wsi, reason, s, in, len);
 	case LWS_CALLBACK_ADD_HEADERS: /* the WebSocket upgrade answer */
 	case LWS_CALLBACK_HTTP:
+	case LWS_CALLBACK_HTTP_BODY:
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
@@ -461,6 +466,7 @@ int worker_main(int slot)
 	if (context != NULL)
 		lws_context_destroy(context);
 	ws_free_all();
+	http_free_all();
 	if (ipc != NULL) {
 		/* Best effort: hand the supervisor what is still buffered. */
 		struct evbuffer *out = bufferevent_get_output(ipc);

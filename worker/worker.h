@@ -20,14 +20,13 @@ int worker_main(int slot);
 /* ---- shared inside the worker ---- */
 
 struct conn;
+struct http_req;
 
-/* Per-connection user data of our lws protocol, for HTTP and WebSocket. */
+/* Per-connection user data of our lws protocol, for HTTP and WebSocket;
+ * kept small because every connection has one. */
 struct session {
-	struct conn *conn; /* WebSocket only */
-	/* HTTP: the answer waiting for the WRITEABLE callback */
-	char *body;
-	size_t body_len;
-	int close_after; /* close instead of keeping the connection alive */
+	struct conn *conn;    /* WebSocket only */
+	struct http_req *req; /* HTTP: the request being served */
 };
 
 struct worker_stats {
@@ -62,5 +61,9 @@ void ws_free_all(void);
 /* http.c: HTTP requests */
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		  struct session *s, void *in, size_t len);
+/* The supervisor's answer to a request handed over with HTTP_REQUEST. */
+void http_answer_from_supervisor(uint64_t req, unsigned int status,
+				 const char *body, size_t len);
+void http_free_all(void);
 
 #endif

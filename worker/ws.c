@@ -1,8 +1,7 @@
 /* WebSocket connections of one worker.
  *
- * Each connection has a 64-bit id (slot index in the low 32 bits, a
- * generation in the high 32) so the supervisor can address it and a stale
- * id never reaches a newer connection. Incoming messages are reassembled up
+ * Each connection has a 64-bit id from an idtable, so the supervisor can
+ * address it and a stale id never reaches a newer connection. Incoming messages are reassembled up
  * to max_message_bytes (lws hands them over in chunks), parsed and
  * validated (wire.c) and forwarded over IPC as routing fields plus the
  * packet's bytes; an invalid packet is dropped and logged (once per
@@ -17,6 +16,7 @@
  * queues them again for their destination. */
 #include "worker.h"
 
+#include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
 #include "wire.h"
@@ -47,51 +47,22 @@ struct conn {
 	uint64_t invalid_packets;
 };
 
-static struct conn **table;
-static uint32_t *generations;
-static uint32_t table_cap, table_used;
-static uint32_t *free_slots;
-static uint32_t free_count;
-static size_t open_count;
+static struct idtable conns;
 
 static struct conn *conn_new(struct lws *wsi)
 {
 	struct conn *c = calloc(1, sizeof *c);
-	uint32_t idx;
 
 	if (c == NULL)
 		fatal("out of memory");
-	if (free_count > 0) {
-		idx = free_slots[--free_count];
-	} else {
-		if (table_used == table_cap) {
-			uint32_t cap = table_cap ? table_cap * 2 : 256;
-			table = realloc(table, cap * sizeof *table);
-			generations = realloc(generations, cap * sizeof *generations);
-			free_slots = realloc(free_slots, cap * sizeof *free_slots);
-			if (!table || !generations || !free_slots)
-				fatal("out of memory");
-			memset(generations + table_cap, 0,
-			       (cap - table_cap) * sizeof *generations);
-			table_cap = cap;
-		}
-		idx = table_used++;
-	}
-	generations[idx]++;
-	c->id = ((uint64_t)generations[idx] << 32) | idx;
 	c->wsi = wsi;
-	table[idx] = c;
-	open_count++;
+	c->id = idtable_add(&conns, c);
 	return c;
 }
 
 static struct conn *conn_find(uint64_t id)
 {
-	uint32_t idx = (uint32_t)id;
-
-	if (idx >= table_used || table[idx] == NULL || table[idx]->id != id)
-		return NULL;
-	return table[idx];
+	return idtable_get(&conns, id);
 }
 
 static void out_free(struct out_msg *m)
@@ -123,18 +94,14 @@ static void bounce_queue(struct conn *c)
 
 static void conn_free(struct conn *c)
 {
-	uint32_t idx = (uint32_t)c->id;
-
-	table[idx] = NULL;
-	free_slots[free_count++] = idx;
+	idtable_del(&conns, c->id);
 	bounce_queue(c);
 	free(c->tx);
 	free(c->rx);
 	free(c);
-	open_count--;
 }
 
-size_t ws_count(void) { return open_count; }
+size_t ws_count(void) { return conns.count; }
 
 static size_t send_bound(void)
 {
@@ -191,16 +158,20 @@ void ws_close(uint64_t id, uint32_t code)
 
 void ws_close_all(uint32_t code)
 {
-	for (uint32_t i = 0; i < table_used; i++)
-		if (table[i] != NULL)
-			ws_close(table[i]->id, code);
+	uint32_t pos = 0;
+	struct conn *c;
+
+	while ((c = idtable_next(&conns, &pos)) != NULL)
+		ws_close(c->id, code);
 }
 
 void ws_pause_all(int paused)
 {
-	for (uint32_t i = 0; i < table_used; i++) {
-		struct conn *c = table[i];
-		if (c != NULL && c->paused != paused) {
+	uint32_t pos = 0;
+	struct conn *c;
+
+	while ((c = idtable_next(&conns, &pos)) != NULL) {
+		if (c->paused != paused) {
 			c->paused = paused;
 			lws_rx_flow_control(c->wsi, !paused);
 		}
@@ -209,15 +180,12 @@ void ws_pause_all(int paused)
 
 void ws_free_all(void)
 {
-	for (uint32_t i = 0; i < table_used; i++)
-		if (table[i] != NULL)
-			conn_free(table[i]);
-	free(table);
-	free(generations);
-	free(free_slots);
-	table = NULL;
-	generations = free_slots = NULL;
-	table_cap = table_used = free_count = 0;
+	uint32_t pos = 0;
+	struct conn *c;
+
+	while ((c = idtable_next(&conns, &pos)) != NULL)
+		conn_free(c);
+	idtable_free(&conns);
 }
 
 static int close_with(struct lws *wsi, uint32_t code, const char *why)
