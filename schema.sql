@@ -19,10 +19,11 @@ CREATE TABLE IF NOT EXISTS agents (
 CREATE INDEX IF NOT EXISTS agents_by_worker ON agents (attached_worker);
 CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status);
 
--- Packets that could not be delivered yet, in delivery order (seq).
--- destination is an agent id, or 'mephisto' for the backend.
+-- Packets that could not be delivered yet, in delivery order (seq, the
+-- router's own sequence number). destination is an agent id, or 'mephisto'
+-- for the backend. A packet delivered at once is never written here.
 CREATE TABLE IF NOT EXISTS queued_packets (
-    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq               INTEGER PRIMARY KEY,
     destination       TEXT NOT NULL,
     packet            TEXT NOT NULL,      -- the JSON packet as it will be sent
     created_at        REAL NOT NULL

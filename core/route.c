@@ -22,6 +22,7 @@ struct qitem {
 struct queue {
 	struct qitem *head, *tail;
 	size_t count;
+	const char *dest; /* the agent's id or "mephisto" */
 };
 
 /* Also a hash key (conns map): no padding bytes allowed. */
@@ -73,6 +74,8 @@ struct route {
 	struct qitem *sent; /* queue items referenced by actions */
 	char **owned;       /* buffers referenced by actions */
 	size_t nowned, owned_cap;
+	struct route_change *changes;
+	size_t nchanges, changes_cap;
 	struct route_stats stats;
 	int refusal_logged[REFUSE_COUNT];
 };
@@ -153,6 +156,47 @@ static char *own_copy(struct route *r, const char *data, size_t len)
 	return own(r, copy);
 }
 
+/* Record what the store must persist. key is copied; data is not (the
+ * store copies it before route_clear_changes()). */
+static void change(struct route *r, enum route_change_kind kind, const char *key,
+		   uint64_t seq, double created, const char *data, size_t len)
+{
+	struct route_change *c;
+
+	if (r->nchanges == r->changes_cap) {
+		r->changes_cap = r->changes_cap ? r->changes_cap * 2 : 32;
+		r->changes = realloc(r->changes, r->changes_cap * sizeof *r->changes);
+		if (r->changes == NULL)
+			fatal("out of memory");
+	}
+	c = &r->changes[r->nchanges++];
+	c->kind = kind;
+	c->key = xstrdup(key);
+	c->seq = seq;
+	c->created = created;
+	c->data = data;
+	c->len = len;
+}
+
+static void agent_changed(struct route *r, const char *id)
+{
+	change(r, ROUTE_CHANGE_AGENT, id, 0, 0, NULL, 0);
+}
+
+static void meta_text(struct route *r, const char *key, const char *value)
+{
+	change(r, ROUTE_CHANGE_META, key, 0, 0, own_copy(r, value, strlen(value)),
+	       strlen(value));
+}
+
+static void meta_changed(struct route *r, const char *key, double value)
+{
+	char text[32];
+
+	snprintf(text, sizeof text, "%.3f", value);
+	meta_text(r, key, text);
+}
+
 /* A JSON text built with jansson, owned until route_clear_actions(). */
 static char *dump_owned(struct route *r, json_t *obj, size_t *len)
 {
@@ -203,10 +247,12 @@ static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_
 }
 
 /* Insert in seq order (new packets go to the tail at once). */
-static void queue_insert(struct queue *q, struct qitem *item)
+static void queue_insert(struct route *r, struct queue *q, struct qitem *item)
 {
 	struct qitem **at;
 
+	change(r, ROUTE_CHANGE_QUEUED, q->dest, item->seq, item->created, item->data,
+	       item->len);
 	if (q->tail == NULL || q->tail->seq < item->seq) {
 		if (q->tail != NULL)
 			q->tail->next = item;
@@ -222,12 +268,13 @@ static void queue_insert(struct queue *q, struct qitem *item)
 	q->count++;
 }
 
-static struct qitem *queue_pop(struct queue *q)
+static struct qitem *queue_pop(struct route *r, struct queue *q)
 {
 	struct qitem *item = q->head;
 
 	if (item == NULL)
 		return NULL;
+	change(r, ROUTE_CHANGE_UNQUEUED, q->dest, item->seq, item->created, NULL, 0);
 	q->head = item->next;
 	if (q->head == NULL)
 		q->tail = NULL;
@@ -236,11 +283,11 @@ static struct qitem *queue_pop(struct queue *q)
 	return item;
 }
 
-static void queue_clear(struct queue *q)
+static void queue_clear(struct route *r, struct queue *q)
 {
 	struct qitem *item;
 
-	while ((item = queue_pop(q)) != NULL)
+	while ((item = queue_pop(r, q)) != NULL)
 		free(item);
 }
 
@@ -251,7 +298,7 @@ static void queue_trim(struct route *r, struct queue *q, size_t max,
 
 	while (q->count > max ||
 	       (q->head != NULL && max_age > 0 && now - q->head->created > max_age)) {
-		free(queue_pop(q));
+		free(queue_pop(r, q));
 		dropped++;
 	}
 	if (dropped > 0) {
@@ -268,7 +315,7 @@ static void queue_flush(struct route *r, struct queue *q, struct endpoint to,
 {
 	struct qitem *item;
 
-	while ((item = queue_pop(q)) != NULL) {
+	while ((item = queue_pop(r, q)) != NULL) {
 		send_to(r, to, dest, item->seq, item->data, item->len);
 		item->next = r->sent; /* freed by route_clear_actions() */
 		r->sent = item;
@@ -294,7 +341,9 @@ static struct agent *agent_get(struct route *r, const char *id, double now)
 		fatal("out of memory");
 	a->id = xstrdup(id);
 	a->status = xstrdup("none");
+	a->queue.dest = a->id;
 	map_put(r->agents, id, strlen(id), a);
+	agent_changed(r, a->id);
 	return a;
 }
 
@@ -305,11 +354,12 @@ static void agent_detach(struct route *r, struct agent *a, double now)
 	map_del(r->conns, &a->at, sizeof a->at);
 	a->attached = 0;
 	a->disconnect_time = now;
+	agent_changed(r, a->id);
 }
 
-static void agent_free(struct agent *a)
+static void agent_free(struct route *r, struct agent *a)
 {
-	queue_clear(&a->queue);
+	queue_clear(r, &a->queue);
 	free(a->id);
 	free(a->status);
 	free(a);
@@ -323,15 +373,17 @@ static void agent_forget(struct route *r, const char *id)
 		return;
 	if (a->attached)
 		map_del(r->conns, &a->at, sizeof a->at);
-	agent_free(a);
+	agent_changed(r, id);
+	agent_free(r, a);
 }
 
-static void agent_set_status(struct agent *a, const char *status)
+static void agent_set_status(struct route *r, struct agent *a, const char *status)
 {
 	if (strcmp(a->status, status) == 0)
 		return;
 	free(a->status);
 	a->status = xstrdup(status);
+	agent_changed(r, a->id);
 }
 
 /* Route a packet to an agent: now if attached, else into its queue. */
@@ -346,7 +398,7 @@ static void to_agent(struct route *r, struct agent *a, const char *data,
 		send_to(r, a->at, a->id, seq, data, len);
 		return;
 	}
-	queue_insert(&a->queue, qitem_new(seq, now, data, len));
+	queue_insert(r, &a->queue, qitem_new(seq, now, data, len));
 	r->stats.packets_queued++;
 	queue_trim(r, &a->queue, r->cfg.max_agent_queue, 0, now, a->id);
 }
@@ -362,7 +414,7 @@ static void to_backend(struct route *r, const char *data, size_t len, int copy,
 		send_to(r, r->channel, PACKET_MEPHISTO, seq, data, len);
 		return;
 	}
-	queue_insert(&r->backend, qitem_new(seq, now, data, len));
+	queue_insert(r, &r->backend, qitem_new(seq, now, data, len));
 	r->stats.packets_queued++;
 	queue_trim(r, &r->backend, r->cfg.max_backend_queue,
 		   r->cfg.max_backend_queue_age, now, "the backend");
@@ -398,6 +450,7 @@ static void agent_attach(struct route *r, struct agent *a, uint32_t worker,
 	a->at = at;
 	a->disconnect_time = 0;
 	map_put(r->conns, &at, sizeof at, a);
+	agent_changed(r, a->id);
 }
 
 /* ---- liveness ---- */
@@ -415,13 +468,13 @@ static void apply_liveness(struct route *r, double now)
 		    !status_is_final(a->status)) {
 			log_info("agent %s: no reconnection within %.1f s of its socket "
 				 "closing: disconnect", a->id, r->cfg.reconnect_grace);
-			agent_set_status(a, "disconnect");
+			agent_set_status(r, a, "disconnect");
 		}
 		if (status_is_live(a->status) && a->last_ping != 0 &&
 		    now - a->last_ping >= r->cfg.heartbeat_timeout) {
 			log_info("agent %s: no heartbeat for %.1f s: disconnect", a->id,
 				 now - a->last_ping);
-			agent_set_status(a, "disconnect");
+			agent_set_status(r, a, "disconnect");
 			send_update_status(r, a, now);
 		}
 	}
@@ -472,6 +525,7 @@ struct route *route_new(const struct route_config *cfg, double now)
 	r->conns = map_new();
 	r->waiting = map_new();
 	r->versions = map_new();
+	r->backend.dest = PACKET_MEPHISTO;
 	r->started = now;
 	return r;
 }
@@ -490,7 +544,7 @@ void route_free(struct route *r)
 		return;
 	route_clear_actions(r);
 	while (map_next(r->agents, &pos, NULL, NULL, &value))
-		agent_free(value);
+		agent_free(r, value);
 	pos = 0;
 	while (map_next(r->waiting, &pos, NULL, NULL, &value)) {
 		struct waiting *w = value;
@@ -501,7 +555,9 @@ void route_free(struct route *r)
 	map_free(r->conns);
 	map_free(r->waiting);
 	map_free(r->versions);
-	queue_clear(&r->backend);
+	queue_clear(r, &r->backend);
+	route_clear_changes(r);
+	free(r->changes);
 	free(r->actions);
 	free(r->owned);
 	free(r);
@@ -536,6 +592,7 @@ static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
 	if (a != NULL) {
 		json_object_set_new(data, "status", json_string(a->status));
 		a->last_ping = now;
+		agent_changed(r, a->id);
 		if (!(a->attached && a->at.worker == worker && a->at.conn == conn)) {
 			agent_attach(r, a, worker, conn, now);
 			queue_flush(r, &a->queue, a->at, a->id);
@@ -564,6 +621,7 @@ static void on_request_statuses(struct route *r, const struct packet *p, double 
 	char *text;
 
 	r->last_poll = now;
+	meta_changed(r, "last_backend_ping", now);
 	apply_liveness(r, now);
 	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
 		struct agent *a = value;
@@ -623,6 +681,8 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 				 (unsigned long long)conn,
 				 r->has_channel ? " (replacing the previous one)" : "");
 		}
+		if (!r->has_channel)
+			meta_text(r, "backend_attached", "1");
 		r->has_channel = 1;
 		r->channel = (struct endpoint){ worker, conn };
 		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
@@ -652,7 +712,7 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 	case PKT_UPDATE_STATUS:
 		a = agent_get(r, p->subject_id, now);
 		if (p->status != NULL)
-			agent_set_status(a, p->status);
+			agent_set_status(r, a, p->status);
 		to_agent(r, a, p->payload, p->len, 0, now);
 		return;
 	case PKT_CLIENT_BOUND_LIVE_UPDATE:
@@ -678,6 +738,7 @@ void route_ws_closed(struct route *r, uint32_t worker, uint64_t conn, double now
 	if (is_channel(r, worker, conn)) {
 		log_info("Mephisto channel closed; packets for the backend wait for it");
 		r->has_channel = 0;
+		meta_text(r, "backend_attached", "0");
 		return;
 	}
 	a = map_get(r->conns, &at, sizeof at);
@@ -695,6 +756,7 @@ void route_worker_gone(struct route *r, uint32_t worker, double now)
 	if (r->has_channel && r->channel.worker == worker) {
 		log_info("Mephisto channel lost with worker %u", worker);
 		r->has_channel = 0;
+		meta_text(r, "backend_attached", "0");
 	}
 	do {
 		n = 0;
@@ -747,7 +809,7 @@ void route_unsent(struct route *r, const char *dest, uint64_t seq,
 		}
 		q = &a->queue;
 	}
-	queue_insert(q, qitem_new(seq, now, payload, len));
+	queue_insert(r, q, qitem_new(seq, now, payload, len));
 	r->stats.packets_queued++;
 }
 
@@ -839,7 +901,74 @@ void route_clear_actions(struct route *r)
 	r->nactions = 0;
 }
 
+size_t route_changes(const struct route *r, const struct route_change **out)
+{
+	*out = r->changes;
+	return r->nchanges;
+}
+
+void route_clear_changes(struct route *r)
+{
+	for (size_t i = 0; i < r->nchanges; i++)
+		free((char *)r->changes[i].key);
+	r->nchanges = 0;
+}
+
+/* ---- recovery ---- */
+
+void route_restore_agent(struct route *r, const char *id, const char *status,
+			 double last_ping, double disconnect_time, int was_attached,
+			 double now)
+{
+	struct agent *a = agent_get(r, id, now);
+
+	agent_set_status(r, a, status);
+	a->last_ping = last_ping;
+	/* Its socket died with the previous router, or it was still within its
+	 * grace when that router stopped: nobody could reconnect while the
+	 * router was down, so the grace starts now. */
+	a->disconnect_time = was_attached || disconnect_time != 0 ? now : 0;
+	agent_changed(r, a->id);
+}
+
+void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
+			  double created, const char *payload, size_t len, double now)
+{
+	struct queue *q = strcmp(dest, PACKET_MEPHISTO) == 0
+				  ? &r->backend : &agent_get(r, dest, now)->queue;
+	struct qitem *item = qitem_new(seq, created, payload, len);
+	struct qitem **at;
+
+	/* Already stored: insert without recording a change. */
+	for (at = &q->head; *at != NULL && (*at)->seq < seq; at = &(*at)->next)
+		;
+	item->next = *at;
+	*at = item;
+	if (item->next == NULL)
+		q->tail = item;
+	q->count++;
+	if (seq > r->next_seq)
+		r->next_seq = seq;
+}
+
 /* ---- inspection ---- */
+
+int route_agent_info(const struct route *r, const char *agent_id,
+		     struct route_agent_info *info)
+{
+	const struct agent *a = agent_find(r, agent_id);
+
+	if (a == NULL)
+		return -1;
+	info->status = a->status;
+	info->attached = a->attached;
+	info->worker = (uint32_t)a->at.worker;
+	info->conn = a->at.conn;
+	info->last_ping = a->last_ping;
+	info->disconnect_time = a->disconnect_time;
+	return 0;
+}
+
 
 const char *route_agent_status(const struct route *r, const char *agent_id)
 {

@@ -159,7 +159,55 @@ double route_next_deadline(const struct route *r);
 size_t route_actions(const struct route *r, const struct route_action **out);
 void route_clear_actions(struct route *r);
 
+/* ---- persistence ----
+ * Besides its actions, every event records what changed in the state that
+ * must survive a restart, for the store to write: an agent to re-read with
+ * route_agent_info() (and delete when unknown), a packet that now waits in
+ * a queue, a packet that no longer waits (delivered or dropped), a fact
+ * about the router. Packets delivered at once never appear. */
+enum route_change_kind {
+	ROUTE_CHANGE_AGENT = 1,   /* key: agent id */
+	ROUTE_CHANGE_QUEUED = 2,  /* key: destination; seq, created, data */
+	ROUTE_CHANGE_UNQUEUED = 3, /* key: destination; seq */
+	ROUTE_CHANGE_META = 4,    /* key: name; data: value text */
+};
+
+struct route_change {
+	enum route_change_kind kind;
+	const char *key;
+	uint64_t seq;
+	double created;
+	const char *data; /* valid until route_clear_actions() */
+	size_t len;
+};
+
+size_t route_changes(const struct route *r, const struct route_change **out);
+void route_clear_changes(struct route *r);
+
+/* Recovery at start, from the store: an agent (when it had a socket when
+ * the previous router stopped, was_attached, or was within its reconnect
+ * grace, disconnect_time != 0, the grace starts now: nobody could
+ * reconnect while the router was down), and a packet that was waiting for
+ * dest. */
+void route_restore_agent(struct route *r, const char *id, const char *status,
+			 double last_ping, double disconnect_time, int was_attached,
+			 double now);
+void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
+			  double created, const char *payload, size_t len, double now);
+
 /* ---- inspection ---- */
+
+struct route_agent_info {
+	const char *status;
+	int attached;
+	uint32_t worker;
+	uint64_t conn;
+	double last_ping, disconnect_time;
+};
+
+/* 0 and the agent's state, or -1 for an unknown agent. */
+int route_agent_info(const struct route *r, const char *agent_id,
+		     struct route_agent_info *info);
 
 /* The agent's status, or NULL for an unknown agent. */
 const char *route_agent_status(const struct route *r, const char *agent_id);

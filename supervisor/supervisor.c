@@ -69,6 +69,7 @@ struct supervisor {
 	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
 	struct event *signals[4];
 	struct event *tick;
+	struct event *commit; /* writes the staged state changes */
 	struct event *kill_timer;
 	int shutting_down;
 	int notified_ready;
@@ -248,8 +249,19 @@ struct bounced {
 static void dispatch_actions(struct supervisor *sup)
 {
 	const struct route_action *a;
+	const struct route_change *changes;
 	size_t n = route_actions(sup->route, &a), nb = 0;
+	size_t nchanges = route_changes(sup->route, &changes);
 	struct bounced *bounced = NULL;
+
+	/* State changes are written once per loop turn (commit_cb), before
+	 * libevent gets to write the IPC produced in this turn. */
+	if (nchanges > 0) {
+		store_stage(sup->store, changes, nchanges);
+		route_clear_changes(sup->route);
+		if (!event_pending(sup->commit, EV_TIMEOUT, NULL))
+			event_active(sup->commit, EV_TIMEOUT, 0);
+	}
 
 	for (size_t i = 0; i < n; i++) {
 		struct worker *w = a[i].worker >= 1 && a[i].worker <= CONFIG_MAX_WORKERS
@@ -684,6 +696,17 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(sup->kill_timer, &tv);
 }
 
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct timeval retry = { 1, 0 };
+
+	(void)fd;
+	(void)what;
+	if (store_commit(sup->store, sup->route, now_epoch()) < 0)
+		evtimer_add(sup->commit, &retry);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct supervisor *sup = arg;
@@ -742,9 +765,24 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 	{
 		struct route_config rc = route_config_of(cfg);
 		struct timeval tv = seconds_tv(TICK_SECONDS);
+		size_t agents, packets;
+		double started = now_monotonic();
+
 		sup.route = route_new(&rc, now_epoch());
 		sup.tick = event_new(sup.base, -1, EV_PERSIST, tick_cb, &sup);
 		event_add(sup.tick, &tv);
+		sup.commit = evtimer_new(sup.base, commit_cb, &sup);
+		if (store_load(sup.store, sup.route, now_epoch(), &agents, &packets, err,
+			       sizeof err) < 0) {
+			fprintf(stderr, "mephisto-router: %s\n", err);
+			sup.exit_code = EXIT_CONFIG;
+			goto stop;
+		}
+		if (agents || packets)
+			log_info("recovered %zu agents and %zu queued packets from %s in "
+				 "%.0f ms", agents, packets, cfg->state_path,
+				 (now_monotonic() - started) * 1000);
+		dispatch_actions(&sup);
 	}
 	for (size_t i = 0; i < 4; i++) {
 		sup.signals[i] = evsignal_new(sup.base, signums[i], handlers[i], &sup);
@@ -754,6 +792,7 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		 MR_VERSION, cfg->port, config_worker_count(cfg), cfg->state_path);
 	workers_resize(&sup);
 	event_base_dispatch(sup.base);
+stop:
 
 	/* Stopped: every worker has exited (or none could run). */
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
@@ -767,8 +806,13 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 			event_free(w->respawn_timer);
 	}
 	for (size_t i = 0; i < 4; i++)
-		event_free(sup.signals[i]);
+		if (sup.signals[i] != NULL)
+			event_free(sup.signals[i]);
 	event_free(sup.tick);
+	dispatch_actions(&sup);
+	if (store_commit(sup.store, sup.route, now_epoch()) < 0)
+		log_error("state database: the last changes could not be written");
+	event_free(sup.commit);
 	route_free(sup.route);
 	if (sup.kill_timer != NULL)
 		event_free(sup.kill_timer);

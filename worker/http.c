@@ -77,6 +77,11 @@ struct http_req {
 	struct upload files[MAX_UPLOAD_FILES];
 	size_t nfiles;
 	int fd; /* the upload being written, or -1 */
+	/* the multipart boundary and the body's last bytes: lws_spa does not
+	 * report a body that ends before its closing boundary */
+	char boundary[80];
+	char tail[128];
+	size_t tail_len;
 	int spa_failed;
 	int committed; /* the uploads now belong to the backend */
 	uint64_t pending; /* waiting for the supervisor's answer */
@@ -144,6 +149,20 @@ static struct http_req *req_get(struct session *s)
 		s->req->fd = -1;
 	}
 	return s->req;
+}
+
+/* Delete the files of a request that will not reach the backend. */
+static void discard_uploads(struct http_req *r)
+{
+	if (r->fd >= 0) {
+		close(r->fd);
+		r->fd = -1;
+	}
+	for (size_t i = 0; i < r->nfiles && !r->committed; i++)
+		if (unlink(r->files[i].path) < 0 && errno != ENOENT)
+			log_warn("cannot remove upload %s: %s", r->files[i].path,
+				 strerror(errno));
+	r->committed = 1; /* nothing left to delete */
 }
 
 static void req_free(struct session *s)
@@ -250,6 +269,9 @@ static int answer_error(struct lws *wsi, struct session *s, unsigned int status,
 	char *text = json_dumps(obj, JSON_COMPACT);
 	int rc;
 
+	/* A refused request leaves nothing behind, before the client hears. */
+	if (s->req != NULL)
+		discard_uploads(s->req);
 	json_decref(obj);
 	if (text == NULL)
 		fatal("out of memory");
@@ -693,10 +715,24 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 		}
 		*agent_id = subject = json_string_value(agent);
 		if (ep == EP_SUBMIT_TASK && json_object_get(body, "final_data") != NULL) {
-			data = json_incref(json_object_get(body, "final_data"));
+			data = json_object_get(body, "final_data");
+			/* The backend requires a data object (PROTOCOL.md, point 10). */
+			if (!json_is_object(data)) {
+				snprintf(why, whylen, "final_data is not an object");
+				return NULL;
+			}
+			json_incref(data);
 		} else {
 			const char *name = ep == EP_SUBMIT_TASK ? "final_string_data" : "metadata";
-			data = object_or_text(json_object_get(body, name), name, why, whylen);
+			json_t *v = json_object_get(body, name);
+			/* lws_spa cannot tell an empty field from a missing one */
+			if (v == NULL || json_is_null(v)) {
+				snprintf(why, whylen, "%s is missing or empty",
+					 ep == EP_SUBMIT_TASK ? "final_data (or final_string_data)"
+							      : "metadata");
+				return NULL;
+			}
+			data = object_or_text(v, name, why, whylen);
 			if (data == NULL)
 				return NULL;
 		}
@@ -729,6 +765,36 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 			 client_timestamp_of(body), "router_incoming_timestamp", wire_now());
 }
 
+static void remember_tail(struct http_req *r, const char *in, size_t len)
+{
+	size_t keep = sizeof r->tail;
+
+	if (len >= keep) {
+		memcpy(r->tail, in + len - keep, keep);
+		r->tail_len = keep;
+		return;
+	}
+	if (r->tail_len + len > keep) {
+		size_t drop = r->tail_len + len - keep;
+		memmove(r->tail, r->tail + drop, r->tail_len - drop);
+		r->tail_len -= drop;
+	}
+	memcpy(r->tail + r->tail_len, in, len);
+	r->tail_len += len;
+}
+
+/* Does the multipart body end with its closing boundary ("--B--")? */
+static int multipart_complete(const struct http_req *r)
+{
+	char closing[sizeof r->boundary + 4];
+	size_t n = r->tail_len, clen;
+
+	while (n > 0 && (r->tail[n - 1] == '\r' || r->tail[n - 1] == '\n'))
+		n--;
+	clen = (size_t)snprintf(closing, sizeof closing, "--%s--", r->boundary);
+	return n >= clen && memcmp(r->tail + n - clen, closing, clen) == 0;
+}
+
 static int post_complete(struct lws *wsi, struct session *s)
 {
 	struct http_req *r = s->req;
@@ -739,7 +805,7 @@ static int post_complete(struct lws *wsi, struct session *s)
 	char *payload;
 	size_t len;
 
-	if (r->spa != NULL && lws_spa_finalize(r->spa) < 0)
+	if (r->spa != NULL && (lws_spa_finalize(r->spa) < 0 || !multipart_complete(r)))
 		r->spa_failed = 1;
 	if (r->spa_failed)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
@@ -822,7 +888,23 @@ static int post_start(struct lws *wsi, struct session *s, const char *uri)
 			.opt_cb = upload_cb,
 			.opt_data = s,
 		};
+		const char *b = strstr(value, "boundary=");
+		size_t blen;
+
 		r->multipart = 1;
+		if (b != NULL) {
+			b += 9;
+			if (*b == '"')
+				b++;
+			blen = strcspn(b, "\";\t ");
+			if (blen > 0 && blen < sizeof r->boundary) {
+				memcpy(r->boundary, b, blen);
+				r->boundary[blen] = '\0';
+			}
+		}
+		if (r->boundary[0] == '\0')
+			return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+					    "multipart/form-data without a boundary", 1);
 		r->spa = lws_spa_create_via_info(wsi, &info);
 		if (r->spa == NULL)
 			return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
@@ -845,6 +927,7 @@ static int post_body(struct lws *wsi, struct session *s, const char *in, size_t 
 	if (r == NULL || r->answer != NULL)
 		return 0; /* already answered (an error); drop the rest */
 	if (r->spa != NULL) {
+		remember_tail(r, in, len);
 		if (!r->spa_failed && lws_spa_process(r->spa, in, (int)len) < 0)
 			r->spa_failed = 1;
 		return 0;
