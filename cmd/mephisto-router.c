@@ -1,6 +1,7 @@
 /* mephisto-router: command line and wiring only. */
 #include "../core/config.h"
 #include "../core/log.h"
+#include "../supervisor/status.h"
 #include "../supervisor/supervisor.h"
 #include "../worker/worker.h"
 
@@ -13,6 +14,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: mephisto-router [--config FILE] [--check-config]\n"
+		"       mephisto-router status [--config FILE] [--db FILE]\n"
 		"       mephisto-router --help | --version\n"
 		"\n"
 		"A Mephisto router: serves task pages, turns HTTP requests into packets\n"
@@ -23,6 +25,8 @@ static void usage(FILE *out)
 		"                   port 3000, static files from ./static, state in\n"
 		"                   ./mephisto-router.db, uploads in /tmp/, one worker per CPU\n"
 		"  --check-config   validate the configuration, print it and exit\n"
+		"  status           summarise the state database (state_path, or --db FILE)\n"
+		"                   read-only; works while the router runs\n"
 		"  --help           this text\n"
 		"  --version        print the version\n"
 		"\n"
@@ -39,18 +43,26 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "worker", required_argument, NULL, 'w' },
+		{ "db", required_argument, NULL, 'd' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *config_path = NULL;
-	int check_only = 0, worker = 0, opt;
+	const char *config_path = NULL, *db_path = NULL;
+	int check_only = 0, worker = 0, status = 0, opt;
 	struct config cfg;
 	char err[1024];
 
 	opterr = 0;
+	if (argc > 1 && strcmp(argv[1], "status") == 0) {
+		status = 1;
+		argv[1] = argv[0];
+		argv++;
+		argc--;
+	}
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		switch (opt) {
 		case 'c': config_path = optarg; break;
 		case 'k': check_only = 1; break;
+		case 'd': db_path = optarg; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("mephisto-router %s\n", MR_VERSION); return 0;
 		case 'w':
@@ -79,6 +91,18 @@ int main(int argc, char **argv)
 	if ((config_path != NULL && config_load_file(&cfg, config_path, err, sizeof err) < 0) ||
 	    config_apply_env(&cfg, err, sizeof err) < 0) {
 		fprintf(stderr, "mephisto-router: %s\n", err);
+		return EXIT_CONFIG;
+	}
+	if (status) {
+		if (status_print(db_path ? db_path : cfg.state_path, stdout, err,
+				 sizeof err) < 0) {
+			fprintf(stderr, "mephisto-router: %s\n", err);
+			return 1;
+		}
+		return 0;
+	}
+	if (db_path != NULL) {
+		fprintf(stderr, "mephisto-router: --db is for the status command\n");
 		return EXIT_CONFIG;
 	}
 	if (check_only) {
