@@ -53,6 +53,8 @@ struct worker {
 	struct ipc_reader *reader;
 	int ready; /* its hello arrived */
 	int retiring; /* told to drain; not to be respawned */
+	int broken;   /* its IPC stream is not to be read any more */
+	int dropping; /* worker_drop_ipc() is running */
 	int crashes; /* consecutive short-lived deaths */
 	double started; /* monotonic seconds */
 	struct event *respawn_timer;
@@ -72,6 +74,7 @@ struct supervisor {
 	struct event *commit; /* writes the staged state changes */
 	struct event *kill_timer;
 	int shutting_down;
+	int defer_dispatch; /* a worker's last words are being read */
 	int notified_ready;
 	int exit_code;
 };
@@ -201,14 +204,32 @@ static msgpack_packer worker_packer(struct worker *w)
 	return pk;
 }
 
+static void worker_read_cb(struct bufferevent *bev, void *arg);
+static void dispatch_actions(struct supervisor *sup);
+
 static void worker_drop_ipc(struct worker *w)
 {
-	if (w->bev != NULL) {
+	if (w->bev != NULL && !w->dropping) {
+		w->dropping = 1;
+		if (!w->broken) {
+			/* What the worker wrote before it went (packets, closes,
+			 * packets it could not deliver) is still routed: read the
+			 * socket to its end first. The resulting actions wait until
+			 * its connections are gone, so nothing is sent to them. */
+			struct evbuffer *in = bufferevent_get_input(w->bev);
+			w->sup->defer_dispatch++;
+			while (evbuffer_read(in, bufferevent_getfd(w->bev), 65536) > 0)
+				;
+			worker_read_cb(w->bev, w);
+			w->sup->defer_dispatch--;
+		}
 		bufferevent_free(w->bev);
+		w->bev = NULL;
+		w->dropping = 0;
 		/* Its connections and waiting requests are gone with it. */
 		route_worker_gone(w->sup->route, (uint32_t)w->slot, now_epoch());
+		dispatch_actions(w->sup);
 	}
-	w->bev = NULL;
 	ipc_reader_free(w->reader);
 	w->reader = NULL;
 }
@@ -218,6 +239,7 @@ static void worker_broken(struct worker *w, const char *why)
 {
 	log_error("worker %d (pid %d): broken IPC (%s); restarting it", w->slot,
 		  (int)w->pid, why);
+	w->broken = 1;
 	worker_drop_ipc(w);
 	if (w->pid > 0)
 		kill(w->pid, SIGKILL);
@@ -254,6 +276,8 @@ static void dispatch_actions(struct supervisor *sup)
 	size_t nchanges = route_changes(sup->route, &changes);
 	struct bounced *bounced = NULL;
 
+	if (sup->defer_dispatch)
+		return;
 	/* State changes are written once per loop turn (commit_cb), before
 	 * libevent gets to write the IPC produced in this turn. */
 	if (nchanges > 0) {
@@ -486,6 +510,7 @@ static void worker_spawn(struct supervisor *sup, int slot)
 	w->pid = pid;
 	w->ready = 0;
 	w->retiring = 0;
+	w->broken = 0;
 	w->started = now_monotonic();
 	w->reader = ipc_reader_new(IPC_MAX_MESSAGE(sup->cfg.max_message_bytes));
 	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);

@@ -12,6 +12,7 @@
 #include "../supervisor/supervisor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -468,9 +469,17 @@ int worker_main(int slot)
 	ws_free_all();
 	http_free_all();
 	if (ipc != NULL) {
-		/* Best effort: hand the supervisor what is still buffered. */
+		/* Hand the supervisor everything still buffered (closes, packets
+		 * that could not be written): blocking, at most 2 s. */
 		struct evbuffer *out = bufferevent_get_output(ipc);
-		evbuffer_write(out, WORKER_IPC_FD);
+		struct timeval limit = { 2, 0 };
+		int flags = fcntl(WORKER_IPC_FD, F_GETFL);
+
+		if (flags >= 0)
+			fcntl(WORKER_IPC_FD, F_SETFL, flags & ~O_NONBLOCK);
+		setsockopt(WORKER_IPC_FD, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+		while (evbuffer_get_length(out) > 0 && evbuffer_write(out, WORKER_IPC_FD) > 0)
+			;
 		bufferevent_free(ipc);
 	}
 	ipc_reader_free(reader);
