@@ -50,6 +50,7 @@ int main(int argc, char **argv)
 	int check_only = 0, worker = 0, status = 0, opt;
 	struct config cfg;
 	char err[1024];
+	const char *exe;
 
 	opterr = 0;
 	if (argc > 1 && strcmp(argv[1], "status") == 0) {
@@ -112,6 +113,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	/* /proc/self/exe stays this very binary even if the file is replaced,
-	 * so respawned workers always speak this supervisor's IPC version. */
-	return supervisor_main(&cfg, config_path, "/proc/self/exe");
+	 * so respawned workers always speak this supervisor's IPC version.
+	 * Tools that run the router under an emulator (valgrind) name the
+	 * binary in MEPHISTO_ROUTER_WORKER_EXE instead. */
+	exe = getenv("MEPHISTO_ROUTER_WORKER_EXE");
+	return supervisor_main(&cfg, config_path, exe && exe[0] ? exe : "/proc/self/exe");
 }
