@@ -591,8 +591,9 @@ static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
 	data = json_pack("{s:I}", "last_mephisto_ping", (json_int_t)llround(ping * 1000));
 	if (a != NULL) {
 		json_object_set_new(data, "status", json_string(a->status));
+		/* Not a change worth a write: after a restart a live agent's
+		 * heartbeat clock starts again anyway (route_restore_agent). */
 		a->last_ping = now;
-		agent_changed(r, a->id);
 		if (!(a->attached && a->at.worker == worker && a->at.conn == conn)) {
 			agent_attach(r, a, worker, conn, now);
 			queue_flush(r, &a->queue, a->at, a->id);
@@ -923,7 +924,9 @@ void route_restore_agent(struct route *r, const char *id, const char *status,
 	struct agent *a = agent_get(r, id, now);
 
 	agent_set_status(r, a, status);
-	a->last_ping = last_ping;
+	/* The router was down, so silence since the last stored heartbeat
+	 * says nothing: the heartbeat rule counts from the restart. */
+	a->last_ping = last_ping != 0 ? now : 0;
 	/* Its socket died with the previous router, or it was still within its
 	 * grace when that router stopped: nobody could reconnect while the
 	 * router was down, so the grace starts now. */

@@ -187,8 +187,9 @@ void route_clear_changes(struct route *r);
 /* Recovery at start, from the store: an agent (when it had a socket when
  * the previous router stopped, was_attached, or was within its reconnect
  * grace, disconnect_time != 0, the grace starts now: nobody could
- * reconnect while the router was down), and a packet that was waiting for
- * dest. */
+ * reconnect while the router was down; likewise a stored last_ping counts
+ * as a heartbeat now), and a packet that was waiting for dest. Heartbeats
+ * alone are not reported as changes. */
 void route_restore_agent(struct route *r, const char *id, const char *status,
 			 double last_ping, double disconnect_time, int was_attached,
 			 double now);
