@@ -678,6 +678,10 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 	switch (ep) {
 	case EP_REQUEST_AGENT: {
 		json_t *pd = json_object_get(body, "provider_data");
+		if (pd != NULL && !json_is_object(pd)) {
+			snprintf(why, whylen, "provider_data is not an object");
+			return NULL;
+		}
 		uuid4(request_id);
 		data = json_pack("{s:O, s:s}", "provider_data", pd ? pd : json_object(),
 				 "request_id", request_id);
