@@ -156,8 +156,9 @@ static char *own_copy(struct route *r, const char *data, size_t len)
 	return own(r, copy);
 }
 
-/* Record what the store must persist. key is copied; data is not (the
- * store copies it before route_clear_changes()). */
+/* Record what the store must persist. key and data are copied: a queued
+ * packet may be dropped or delivered, and freed, before the store reads
+ * the change. */
 static void change(struct route *r, enum route_change_kind kind, const char *key,
 		   uint64_t seq, double created, const char *data, size_t len)
 {
@@ -174,8 +175,16 @@ static void change(struct route *r, enum route_change_kind kind, const char *key
 	c->key = xstrdup(key);
 	c->seq = seq;
 	c->created = created;
-	c->data = data;
+	c->data = NULL;
 	c->len = len;
+	if (data != NULL) {
+		char *copy = malloc(len + 1);
+		if (copy == NULL)
+			fatal("out of memory");
+		memcpy(copy, data, len);
+		copy[len] = '\0';
+		c->data = copy;
+	}
 }
 
 static void agent_changed(struct route *r, const char *id)
@@ -185,8 +194,7 @@ static void agent_changed(struct route *r, const char *id)
 
 static void meta_text(struct route *r, const char *key, const char *value)
 {
-	change(r, ROUTE_CHANGE_META, key, 0, 0, own_copy(r, value, strlen(value)),
-	       strlen(value));
+	change(r, ROUTE_CHANGE_META, key, 0, 0, value, strlen(value));
 }
 
 static void meta_changed(struct route *r, const char *key, double value)
@@ -910,8 +918,10 @@ size_t route_changes(const struct route *r, const struct route_change **out)
 
 void route_clear_changes(struct route *r)
 {
-	for (size_t i = 0; i < r->nchanges; i++)
+	for (size_t i = 0; i < r->nchanges; i++) {
 		free((char *)r->changes[i].key);
+		free((char *)r->changes[i].data);
+	}
 	r->nchanges = 0;
 }
 

@@ -177,7 +177,7 @@ struct route_change {
 	const char *key;
 	uint64_t seq;
 	double created;
-	const char *data; /* valid until route_clear_actions() */
+	const char *data; /* valid until route_clear_changes() */
 	size_t len;
 };
 

@@ -257,6 +257,29 @@ static void test_reload_restores_state(void **state)
 	store_close(s);
 }
 
+/* A packet queued and dropped at a bound in the same batch: the store
+ * still reads the change safely (ASan) and writes only the survivor. */
+static void test_queued_then_dropped_in_one_batch(void **state)
+{
+	struct route_config small = cfg;
+	struct store *s = store_open(path, err, sizeof err);
+	struct route *r;
+
+	(void)state;
+	small.max_backend_queue = 1;
+	r = route_new(&small, T0);
+	assert_non_null(s);
+	feed(r, 1, 7, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a1", NULL, T0 + 1);
+	feed(r, 1, 7, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a1", NULL, T0 + 2);
+	route_clear_actions(r); /* as the supervisor may, before staging */
+	sync_store(s, r, T0 + 3);
+	assert_int_equal(query_int("SELECT count(*) FROM queued_packets"), 1);
+	assert_int_equal(query_int("SELECT count(*) FROM queued_packets WHERE "
+				   "packet LIKE '%1700000002%'"), 1);
+	route_free(r);
+	store_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -266,6 +289,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unwritable_path_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_batch_commit_coalesces, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reload_restores_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_queued_then_dropped_in_one_batch, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
