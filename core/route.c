@@ -952,13 +952,20 @@ void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
 	struct qitem *item = qitem_new(seq, created, payload, len);
 	struct qitem **at;
 
-	/* Already stored: insert without recording a change. */
-	for (at = &q->head; *at != NULL && (*at)->seq < seq; at = &(*at)->next)
-		;
-	item->next = *at;
-	*at = item;
-	if (item->next == NULL)
+	/* Already stored: insert without recording a change. The store loads
+	 * in seq order, so this is an append but for corrupt input. */
+	if (q->tail == NULL || q->tail->seq < seq) {
+		if (q->tail != NULL)
+			q->tail->next = item;
+		else
+			q->head = item;
 		q->tail = item;
+	} else {
+		for (at = &q->head; *at != NULL && (*at)->seq < seq; at = &(*at)->next)
+			;
+		item->next = *at;
+		*at = item;
+	}
 	q->count++;
 	if (seq > r->next_seq)
 		r->next_seq = seq;

@@ -62,7 +62,7 @@ static int user_version(sqlite3 *db, int *version, char *err, size_t errlen)
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int apply_schema(sqlite3 *db, char *err, size_t errlen)
+static int check_version(sqlite3 *db, char *err, size_t errlen)
 {
 	int version = 0;
 
@@ -75,6 +75,11 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
 			 version, STORE_SCHEMA_VERSION);
 		return -1;
 	}
+	return 0;
+}
+
+static int apply_schema(sqlite3 *db, char *err, size_t errlen)
+{
 	if (exec(db, "BEGIN IMMEDIATE", err, errlen) < 0)
 		return -1;
 	if (exec(db, store_schema_sql, err, errlen) < 0) {
@@ -104,8 +109,11 @@ struct store *store_open(const char *path, char *err, size_t errlen)
 		goto fail;
 	}
 	sqlite3_busy_timeout(s->db, 5000);
-	/* journal_mode answers with a row; exec ignores it, a failure is an error. */
-	if (exec(s->db, "PRAGMA journal_mode=WAL", why, sizeof why) < 0 ||
+	/* The version first: a database this binary refuses is left as it is.
+	 * journal_mode answers with a row; exec ignores it, a failure is an
+	 * error. */
+	if (check_version(s->db, why, sizeof why) < 0 ||
+	    exec(s->db, "PRAGMA journal_mode=WAL", why, sizeof why) < 0 ||
 	    exec(s->db, "PRAGMA synchronous=NORMAL", why, sizeof why) < 0 ||
 	    apply_schema(s->db, why, sizeof why) < 0)
 		goto fail;
