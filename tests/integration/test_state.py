@@ -890,3 +890,63 @@ def test_backend_queue_age_limit_drops_old_packets(st):
     time.sleep(0.5)
     got = [p["data"]["n"] for p in be.received(of_type(MBU))]
     assert got == [100, 101], "packets older than max_backend_queue_age: %s" % got
+
+
+# ==========================================================================
+# a full disk: logged, live traffic goes on, the writes are retried
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs (needs root and mount; skipped where impossible)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % p.stderr.strip())
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path):
+    """Fill the file system of path with one file; returns its path."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            for _ in range(1000):  # 2 MiB in 4 KiB writes, bounded
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_keeps_routing_and_retries(st, small_tmpfs):
+    db = small_tmpfs / "state.db"
+    r = st.router(state_path=str(db))
+    be = st.backend(r)
+    a = st.browser(r)
+    a.alive()
+    wait_db(lambda: q_agent(db, a.agent_id) is not None, "agent row written")
+    filler = fill(small_tmpfs)
+    try:
+        # no backend: these packets must be queued, and cannot be written
+        be.close()
+        assert be.wait_closed(3)
+        for k in range(20):
+            a.send_packet(MBU, {"who": "a", "k": k, "pad": "z" * 2000})
+        assert wait_until(lambda: "state database: cannot write" in r.log(), 5.0), (
+            "no log line for the failed write\n" + r.log_tail())
+        # live traffic goes on meanwhile: a new backend gets the queue, and
+        # a heartbeat is answered
+        assert a.served()
+    finally:
+        os.unlink(filler)
+    assert wait_until(lambda: "state database: writing again" in r.log(), 5.0), (
+        "the write was not retried\n" + r.log_tail())
+    be2 = st.backend(r)
+    got = be2.wait_n(of_type(MBU), 20, timeout=10)
+    assert [p["data"]["k"] for p in got] == list(range(20))
+    wait_db(lambda: q_queue_counts(db) == {}, "queue rows gone after delivery")
