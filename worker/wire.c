@@ -50,6 +50,7 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 {
 	json_error_t error;
 	json_t *root, *type, *subject, *data;
+	int data_missing, data_null;
 
 	memset(out, 0, sizeof *out);
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &error);
@@ -73,6 +74,8 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 			    json_string_value(type));
 	out->f.subject_id = json_string_value(subject);
 	data = json_object_get(root, "data");
+	data_missing = data == NULL;
+	data_null = data != NULL && json_is_null(data);
 	if (data == NULL || json_is_null(data)) {
 		/* The backend requires a data object (PROTOCOL.md, point 10). */
 		data = json_object();
@@ -105,12 +108,28 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 		break;
 	}
 	out->f.router_incoming_timestamp = now;
-	json_object_del(root, "router_outgoing_timestamp");
-	json_object_set_new(root, "router_incoming_timestamp", json_real(now));
-	out->payload = json_dumps(root, JSON_COMPACT);
-	if (out->payload == NULL)
-		fatal("out of memory");
-	out->len = strlen(out->payload);
+	if (out->f.type != PKT_HEARTBEAT && !data_null &&
+	    json_object_get(root, "router_incoming_timestamp") == NULL &&
+	    json_object_get(root, "router_outgoing_timestamp") == NULL) {
+		/* The usual case: the text as it came, with the timestamp (and an
+		 * empty data object if it had none) appended; no re-serialising. */
+		char member[96];
+		int n = snprintf(member, sizeof member, "%s\"router_incoming_timestamp\":%.6f",
+				 data_missing ? "\"data\":{}," : "", now);
+
+		out->payload = malloc(len + (size_t)n + 3);
+		if (out->payload == NULL)
+			fatal("out of memory");
+		out->len = packet_add_member_into(out->payload, text, len, member, (size_t)n);
+		out->payload[out->len] = '\0';
+	} else {
+		json_object_del(root, "router_outgoing_timestamp");
+		json_object_set_new(root, "router_incoming_timestamp", json_real(now));
+		out->payload = json_dumps(root, JSON_COMPACT);
+		if (out->payload == NULL)
+			fatal("out of memory");
+		out->len = strlen(out->payload);
+	}
 	if ((out->f.type == PKT_MEPHISTO_BOUND_LIVE_UPDATE || out->f.type == PKT_LOG_ERROR) &&
 	    out->len + WIRE_OUTGOING_STAMP_BYTES > backend_max) {
 		snprintf(why, whylen, "%zu bytes, more than the backend accepts "
