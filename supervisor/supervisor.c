@@ -50,6 +50,7 @@ struct worker {
 	int slot; /* 1-based */
 	pid_t pid; /* 0: not running */
 	struct bufferevent *bev;
+	msgpack_sbuffer out; /* IPC packed this loop turn, written by flush_cb */
 	struct ipc_reader *reader;
 	int ready; /* its hello arrived */
 	int retiring; /* told to drain; not to be respawned */
@@ -72,6 +73,7 @@ struct supervisor {
 	struct event *signals[4];
 	struct event *tick;
 	struct event *commit; /* writes the staged state changes */
+	struct event *flush;  /* hands the IPC packed this turn to the workers */
 	struct event *kill_timer;
 	int shutting_down;
 	int defer_dispatch; /* a worker's last words are being read */
@@ -189,20 +191,35 @@ static int running_workers(const struct supervisor *sup)
 	return n;
 }
 
-static msgpack_packer worker_packer(struct worker *w);
-
-static int evbuffer_write_cb(void *data, const char *buf, size_t len)
-{
-	return evbuffer_add(data, buf, len);
-}
-
+/* IPC to a worker is packed into its buffer and handed to its bufferevent
+ * once per loop turn (flush_cb): one evbuffer_add per worker per turn
+ * instead of one per msgpack field. */
 static msgpack_packer worker_packer(struct worker *w)
 {
 	msgpack_packer pk;
 
-	msgpack_packer_init(&pk, bufferevent_get_output(w->bev), evbuffer_write_cb);
+	msgpack_packer_init(&pk, &w->out, msgpack_sbuffer_write);
+	event_active(w->sup->flush, EV_TIMEOUT, 0);
 	return pk;
 }
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	(void)fd;
+	(void)what;
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup->workers[i];
+		if (w->out.size == 0)
+			continue;
+		if (w->bev != NULL)
+			bufferevent_write(w->bev, w->out.data, w->out.size);
+		msgpack_sbuffer_clear(&w->out);
+	}
+}
+
+static void worker_drop_ipc(struct worker *w);
 
 static void worker_read_cb(struct bufferevent *bev, void *arg);
 static void dispatch_actions(struct supervisor *sup);
@@ -225,6 +242,7 @@ static void worker_drop_ipc(struct worker *w)
 		}
 		bufferevent_free(w->bev);
 		w->bev = NULL;
+		msgpack_sbuffer_clear(&w->out);
 		w->dropping = 0;
 		/* Its connections and waiting requests are gone with it. */
 		route_worker_gone(w->sup->route, (uint32_t)w->slot, now_epoch());
@@ -797,6 +815,7 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		sup.tick = event_new(sup.base, -1, EV_PERSIST, tick_cb, &sup);
 		event_add(sup.tick, &tv);
 		sup.commit = evtimer_new(sup.base, commit_cb, &sup);
+		sup.flush = evtimer_new(sup.base, flush_cb, &sup);
 		if (store_load(sup.store, sup.route, now_epoch(), &agents, &packets, err,
 			       sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
@@ -838,6 +857,9 @@ stop:
 	if (store_commit(sup.store, sup.route, now_epoch()) < 0)
 		log_error("state database: the last changes could not be written");
 	event_free(sup.commit);
+	event_free(sup.flush);
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++)
+		msgpack_sbuffer_destroy(&sup.workers[i].out);
 	route_free(sup.route);
 	if (sup.kill_timer != NULL)
 		event_free(sup.kill_timer);

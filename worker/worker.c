@@ -38,6 +38,8 @@ static struct event *accept_retry;
 static struct bufferevent *ipc;
 static struct ipc_reader *reader;
 static msgpack_packer packer;
+static msgpack_sbuffer ipc_out; /* packed this loop turn; see ipc_flush_cb */
+static struct event *ipc_flush;
 static struct event *sig_term, *drain_tick;
 static int configured, paused, draining;
 static double drain_deadline;
@@ -53,12 +55,29 @@ static double now_monotonic(void)
 
 /* ---- IPC ---- */
 
-static int evbuffer_write_cb(void *data, const char *buf, size_t len)
+/* IPC is packed into ipc_out and handed to the bufferevent once per loop
+ * turn: one evbuffer_add per turn instead of one per msgpack field. */
+msgpack_packer *worker_ipc_packer(void)
 {
-	return evbuffer_add(data, buf, len);
+	event_active(ipc_flush, EV_TIMEOUT, 0);
+	return &packer;
 }
 
-msgpack_packer *worker_ipc_packer(void) { return &packer; }
+static void ipc_flush_out(void)
+{
+	if (ipc_out.size == 0)
+		return;
+	bufferevent_write(ipc, ipc_out.data, ipc_out.size);
+	msgpack_sbuffer_clear(&ipc_out);
+}
+
+static void ipc_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	ipc_flush_out();
+}
 
 int worker_ipc_paused(void) { return paused; }
 
@@ -85,7 +104,7 @@ static void set_paused(int on)
 
 void worker_ipc_check(void)
 {
-	if (!paused && evbuffer_get_length(bufferevent_get_output(ipc)) >
+	if (!paused && evbuffer_get_length(bufferevent_get_output(ipc)) + ipc_out.size >
 			       (size_t)worker_cfg.ipc_buffer_bytes)
 		set_paused(1);
 }
@@ -381,7 +400,7 @@ static int worker_start(const struct ipc_msg *m)
 	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
 	ipc_reader_set_max(reader, IPC_MAX_MESSAGE(worker_cfg.max_message_bytes));
 	configured = 1;
-	ipc_pack_hello_worker(&packer, (uint32_t)worker_slot, (int64_t)getpid());
+	ipc_pack_hello_worker(worker_ipc_packer(), (uint32_t)worker_slot, (int64_t)getpid());
 	log_debug("serving");
 	return 0;
 }
@@ -453,7 +472,9 @@ int worker_main(int slot)
 	ipc = bufferevent_socket_new(base, WORKER_IPC_FD, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(ipc, ipc_read_cb, ipc_write_cb, ipc_event_cb, NULL);
 	bufferevent_enable(ipc, EV_READ | EV_WRITE);
-	msgpack_packer_init(&packer, bufferevent_get_output(ipc), evbuffer_write_cb);
+	msgpack_sbuffer_init(&ipc_out);
+	msgpack_packer_init(&packer, &ipc_out, msgpack_sbuffer_write);
+	ipc_flush = evtimer_new(base, ipc_flush_cb, NULL);
 	sig_term = evsignal_new(base, SIGTERM, sigterm_cb, NULL);
 	evsignal_add(sig_term, NULL);
 	drain_tick = evtimer_new(base, drain_tick_cb, NULL);
@@ -475,6 +496,7 @@ int worker_main(int slot)
 		struct timeval limit = { 2, 0 };
 		int flags = fcntl(WORKER_IPC_FD, F_GETFL);
 
+		ipc_flush_out();
 		if (flags >= 0)
 			fcntl(WORKER_IPC_FD, F_SETFL, flags & ~O_NONBLOCK);
 		setsockopt(WORKER_IPC_FD, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
@@ -484,6 +506,8 @@ int worker_main(int slot)
 	}
 	ipc_reader_free(reader);
 	event_free(sig_term);
+	event_free(ipc_flush);
+	msgpack_sbuffer_destroy(&ipc_out);
 	event_free(drain_tick);
 	event_free(accept_retry);
 	event_base_free(base);

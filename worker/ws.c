@@ -8,10 +8,10 @@
  * connection), and the connection stays open.
  *
  * Outgoing packets wait in a per-connection queue bounded by
- * max_message_bytes * 4 (at least 1 MiB): one lws_write per WRITEABLE
- * callback, stamped with router_outgoing_timestamp as it is written, into a
- * buffer kept until the next callback because permessage-deflate may still
- * read it (LWS-NOTES trap 1). Packets that cannot be written (the
+ * max_message_bytes * 4 (at least 1 MiB) and are written while the socket
+ * takes them, stamped with router_outgoing_timestamp as they go. The
+ * router does not offer permessage-deflate, which would keep reading a
+ * written buffer (LWS-NOTES trap 1). Packets that cannot be written (the
  * connection closed first) go back to the supervisor (WS_UNSENT), which
  * queues them again for their destination. */
 #include "worker.h"
@@ -256,36 +256,41 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 	return 0;
 }
 
+/* Write queued packets while the socket takes them (at most 64 per
+ * callback, to stay fair to other connections). Without permessage-deflate
+ * lws_write() is done with the buffer when it returns: what the kernel did
+ * not take, lws copies and the pipe reports choked. */
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
-	struct out_msg *m = c->head;
-	size_t n;
+	for (int budget = 64; c->head != NULL && budget > 0; budget--) {
+		struct out_msg *m = c->head;
+		size_t n;
 
-	if (m == NULL) {
-		if (c->close_code != 0)
-			return close_with(wsi, c->close_code,
-					  c->close_code == LWS_CLOSE_STATUS_GOINGAWAY
-						  ? "router shutting down"
-						  : "closed by the router");
-		return 0;
+		c->head = m->next;
+		if (c->head == NULL)
+			c->tail = NULL;
+		c->queued_bytes -= m->len;
+		if (c->tx_cap < LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES) {
+			c->tx_cap = LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES;
+			free(c->tx);
+			c->tx = malloc(c->tx_cap);
+			if (c->tx == NULL)
+				fatal("out of memory");
+		}
+		n = wire_stamp_outgoing((char *)c->tx + LWS_PRE, m->payload, m->len,
+					wire_now());
+		out_free(m);
+		if (lws_write(wsi, c->tx + LWS_PRE, n, LWS_WRITE_TEXT) < (int)n) {
+			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
+			return -1;
+		}
+		if (lws_send_pipe_choked(wsi))
+			break;
 	}
-	c->head = m->next;
-	if (c->head == NULL)
-		c->tail = NULL;
-	c->queued_bytes -= m->len;
-	if (c->tx_cap < LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES) {
-		c->tx_cap = LWS_PRE + m->len + WIRE_OUTGOING_STAMP_BYTES;
-		free(c->tx);
-		c->tx = malloc(c->tx_cap);
-		if (c->tx == NULL)
-			fatal("out of memory");
-	}
-	n = wire_stamp_outgoing((char *)c->tx + LWS_PRE, m->payload, m->len, wire_now());
-	out_free(m);
-	if (lws_write(wsi, c->tx + LWS_PRE, n, LWS_WRITE_TEXT) < (int)n) {
-		log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
-		return -1;
-	}
+	if (c->head == NULL && c->close_code != 0 && !lws_send_pipe_choked(wsi))
+		return close_with(wsi, c->close_code,
+				  c->close_code == LWS_CLOSE_STATUS_GOINGAWAY
+					  ? "router shutting down" : "closed by the router");
 	if (c->head != NULL || c->close_code != 0)
 		lws_callback_on_writable(wsi);
 	return 0;
