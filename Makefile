@@ -69,7 +69,9 @@ test-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; \
 		ASAN_OPTIONS=allocator_may_return_null=1 ./$$t; done
 
-test-integration: all
+# The load generator and echo server are built too, so a change that breaks
+# them fails here rather than at the next benchmark.
+test-integration: all $(OUT)/mr-load $(OUT)/mr-echo
 	MEPHISTO_ROUTER_BIN=$(abspath $(OUT)/mephisto-router) \
 		$(PYTHON) -m pytest -q tests/integration
 
@@ -90,3 +92,27 @@ clean:
 	rm -rf $(OUT)/obj $(OUT)/tests $(OUT)/mephisto-router build/asan
 
 -include $(shell find $(OUT)/obj -name '*.d' 2>/dev/null)
+
+# ---- load generator and benchmarks (bench/, cmd/mr-load.c, cmd/mr-echo.c) ----
+#   make build/mr-load build/mr-echo   the load generator and the echo server
+#   make bench       the standard set against build/mephisto-router; rewrites
+#                    BENCHMARKS.md (about 8 minutes on 2 cores)
+#   make bench-big   100,000 agents heartbeating every 6 s (not in bench)
+BENCH_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(wildcard bench/*.c))
+
+.PHONY: bench bench-big bench-clean
+
+$(OUT)/mr-load: $(OUT)/obj/cmd/mr-load.o $(BENCH_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(OUT)/mr-echo: $(OUT)/obj/cmd/mr-echo.o $(BENCH_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+bench: all $(OUT)/mr-load $(OUT)/mr-echo
+	OUT=$(OUT) bash bench/run.sh standard
+
+bench-big: all $(OUT)/mr-load $(OUT)/mr-echo
+	OUT=$(OUT) bash bench/run.sh big
+
+bench-clean:
+	rm -rf $(OUT)/obj/bench $(OUT)/mr-load $(OUT)/mr-echo

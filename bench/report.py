@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""BENCHMARKS.md from the RESULT lines bench/run.sh collected.
+
+  report.py --median FILE LABEL KEY      print the median of KEY over LABEL's runs
+  report.py --write BENCHMARKS.md DIR    rewrite BENCHMARKS.md from DIR/standard.txt
+                                         and, when present, DIR/big.txt
+
+Standard library only. Every figure is the median of the runs; the range
+(min to max) is shown next to it. Nothing is invented: a figure that was not
+measured says so.
+"""
+
+import os
+import platform
+import re
+import statistics
+import sys
+
+# ---- reading ----
+
+
+def parse(path):
+    """{label: [ {key: value}, ... one per run ]} and the header comments."""
+    runs, notes = {}, {}
+    if not os.path.exists(path):
+        return runs, notes
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("# "):
+                for kv in line[2:].split():
+                    if "=" in kv:
+                        k, v = kv.split("=", 1)
+                        notes[k] = v
+                continue
+            if not line.startswith("RESULT "):
+                continue
+            fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+            label = fields.get("label")
+            if label:
+                runs.setdefault(label, []).append(fields)
+    return runs, notes
+
+
+def number(text):
+    """A float from a RESULT value or a wrk duration (us, ms, s); None for n/a."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(-?[0-9.]+)(us|ms|s)?", text)
+    if not m:
+        return None
+    v = float(m.group(1))
+    unit = m.group(2)
+    if unit == "us":
+        v /= 1000.0
+    elif unit == "s":
+        v *= 1000.0
+    return v
+
+
+def values(runs, label, key):
+    out = []
+    for r in runs.get(label, []):
+        v = number(r.get(key))
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def median(runs, label, key):
+    v = values(runs, label, key)
+    return statistics.median(v) if v else None
+
+
+# ---- formatting ----
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if digits == 0:
+        return "{:,.0f}".format(v)
+    return "{:,.{d}f}".format(v, d=digits)
+
+
+def fmt_range(runs, label, key, digits=0):
+    v = values(runs, label, key)
+    if not v:
+        return "not measured"
+    med = fmt(statistics.median(v), digits)
+    if len(v) == 1:
+        return med
+    return "{} ({}-{})".format(med, fmt(min(v), digits), fmt(max(v), digits))
+
+
+def all_ok(runs, label):
+    rs = runs.get(label, [])
+    if not rs:
+        return None
+    return all(r.get("ok") == "1" for r in rs)
+
+
+def machine():
+    model, cores = "unknown", os.cpu_count()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = "{:.1f} GiB".format(int(line.split()[1]) / 1048576)
+                    break
+    except OSError:
+        pass
+    return model, cores, mem, platform.release()
+
+
+# ---- the document ----
+
+COMMANDS = """\
+# the router: a fresh one for every run, started by bench/run.sh with
+#   port = PORT, listen_address = 127.0.0.1, workers = 2, max_connections = <fd limit - 100>,
+#   a temporary static_dir, upload_dir and state_path, log_level = warn
+mr-load up        --agents 100 --window 50 --duration 5            --url ws://127.0.0.1:PORT --pid PID
+mr-load up        --agents 100 --window 50 --duration 5 --rate R/2 --url ...   # R: median of the line above
+mr-load up        --agents 100 --window 1  --duration 5            --url ...
+mr-load down      --agents 100 --window 50 --duration 5            --url ...
+mr-load register  --clients 50 --duration 5                        --url ...
+mr-load heartbeat --agents 1000 --interval 0.1 --duration 5        --url ...
+mr-load connect   --agents 10000 --interval 6 --duration 12        --url ...
+mr-load churn     --agents 10000 --rounds 3                        --url ...
+mr-load up|down   --agents 100 --window 50|1 --duration 5 --url ws://127.0.0.1:ECHO_PORT --pid ECHO_PID   # mr-echo
+wrk -t2 -c100 -d5s --latency http://127.0.0.1:PORT/is_alive
+wrk -t2 -c100 -d5s --latency http://127.0.0.1:PORT/hello.txt        # a 137-byte static file
+# make bench-big: workers = W (enough for 100,000 descriptors), mr-load with --procs P
+mr-load connect --agents 100000 --interval 6 --duration 12 --procs P --concurrency 500 --connect-timeout 300 --url ..."""
+
+
+def row(name, runs, label, key, unit="", digits=0):
+    return "| {} | {} | {} |".format(name, fmt_range(runs, label, key, digits), unit)
+
+
+def target(desc, value, ok, measured_text, node=""):
+    if value is None:
+        verdict = "not measured"
+    else:
+        verdict = "**met**" if ok else "**not met**"
+    return "| {} | {} | {} | {} |".format(desc, measured_text, verdict, node)
+
+
+def write(path, directory):
+    std, notes = parse(os.path.join(directory, "standard.txt"))
+    big, big_notes = parse(os.path.join(directory, "big.txt"))
+    model, cores, mem, kernel = machine()
+    L = []
+    add = L.append
+    add("# Benchmarks")
+    add("")
+    add("Written by `make bench` (bench/run.sh, bench/report.py): do not edit by hand.")
+    add("Every figure is the **median of {} runs**, with the range (lowest-highest) "
+        "in parentheses.".format(notes.get("runs", "?")))
+    add("Standard set: {}, commit {}, {} s.".format(
+        notes.get("date", "?"), notes.get("commit", "?"), notes.get("elapsed", "?").rstrip("s")))
+    if big:
+        add("100,000 connections (`make bench-big`): {}, commit {}, {}.".format(
+            big_notes.get("date", "?"), big_notes.get("commit", "?"),
+            "router workers = {}, mr-load agent processes = {}".format(
+                big_notes.get("workers", "?"), big_notes.get("procs", "?"))))
+    else:
+        add("100,000 connections: not measured yet (`make bench-big`).")
+    add("")
+    add("## The machine")
+    add("")
+    add("- {} cores, {}".format(cores, model))
+    add("- {} of memory, Linux {}".format(mem, kernel))
+    add("- open-file limit {} (the hard limit; it bounds connections per process: "
+        "a worker holds at most that many minus 100)".format(notes.get("fd_limit", "?")))
+    if big:
+        add("- 100,000 connections need 100,000 descriptors on each side, and one process "
+            "may open {} here: for `make bench-big` the router runs {} workers "
+            "(max_connections = limit - 100 each, so the accept spread may be uneven) and "
+            "mr-load {} agent processes.".format(notes.get("fd_limit", "?"),
+                                                 big_notes.get("workers", "?"),
+                                                 big_notes.get("procs", "?")))
+    add("- The router, the load generator (mr-load, one process, one libevent loop) and, "
+        "for the echo limit, mr-echo share these cores over loopback. Before every run "
+        "bench/run.sh waits for the machine to be idle; `other` below is the CPU that "
+        "went to neither the router nor mr-load nor interrupts during the measured "
+        "window (work of other users of the machine), as % of one core.")
+    add("")
+    add("## Commands")
+    add("")
+    add("```")
+    add(COMMANDS)
+    add("```")
+    add("")
+
+    # ---- targets ----
+    up = median(std, "up-100x50", "rate")
+    half_p99 = median(std, "up-100x50-half", "p99_ms")
+    p50_1 = median(std, "up-100x1", "p50_ms")
+    down = median(std, "down-100x50", "rate")
+    reg = median(std, "register-50", "rate")
+    alive = median(std, "wrk-is-alive", "rate")
+    echo_up = median(std, "echo-up-100x50", "rate")
+    echo_down = median(std, "echo-down-100x50", "rate")
+    churn = median(std, "churn-10000", "last_vs_first_pct")
+    b_sent = median(big, "connect-100000", "hb_sent")
+    b_ans = median(big, "connect-100000", "hb_answered")
+    b_att = median(big, "connect-100000", "attached")
+    b_p99 = median(big, "connect-100000", "p99_ms")
+    b_rss = median(big, "connect-100000", "rss_after_mb")
+    big_all = all_ok(big, "connect-100000")
+
+    add("## Targets")
+    add("")
+    add("| target | measured (median) | | Node reference router, this machine |")
+    add("|---|---|---|---|")
+    add(target("up >= 250,000 packets/s, 100 agents x 50 in flight", up,
+               up is not None and up >= 250000, fmt(up) + " packets/s", "~60,000/s"))
+    add(target("p99 < 5 ms at half that rate", half_p99,
+               half_p99 is not None and half_p99 < 5, fmt(half_p99, 3) + " ms"))
+    add(target("p50 < 0.5 ms with 1 in flight per agent", p50_1,
+               p50_1 is not None and p50_1 < 0.5, fmt(p50_1, 3) + " ms"))
+    add(target("down >= 250,000 packets/s", down, down is not None and down >= 250000,
+               fmt(down) + " packets/s", "~56,000/s"))
+    add(target("register (POST /request_agent) >= 40,000/s", reg,
+               reg is not None and reg >= 40000, fmt(reg) + " requests/s", "~7,500/s"))
+    add(target("/is_alive >= 60,000 requests/s", alive, alive is not None and alive >= 60000,
+               fmt(alive) + " requests/s", "~12,500/s"))
+    if b_sent is not None:
+        add(target("100,000 agents heartbeating every 6 s: all answered", b_sent,
+                   bool(big_all) and b_att == 100000 and b_ans == b_sent,
+                   "{} attached, {} of {} answered".format(fmt(b_att), fmt(b_ans), fmt(b_sent))))
+        add(target("... p99 heartbeat RTT < 5 ms", b_p99, b_p99 is not None and b_p99 < 5,
+                   fmt(b_p99, 3) + " ms"))
+        add(target("... router RSS < 600 MB", b_rss, b_rss is not None and b_rss < 600,
+                   fmt(b_rss, 1) + " MB", "10,000 connections: ~160 MB"))
+    else:
+        add("| 100,000 agents heartbeating every 6 s: all answered, p99 RTT < 5 ms, "
+            "router RSS < 600 MB | not measured (`make bench-big`) | not measured | "
+            "10,000 connections: ~160 MB |")
+    add(target("churn: router memory after round 3 within 5% of round 1", churn,
+               churn is not None and abs(churn - 100) <= 5,
+               fmt(churn, 1) + "% of round 1"))
+    ratio = up / echo_up if up is not None and echo_up else None
+    add(target("router up rate >= half the echo limit", ratio,
+               ratio is not None and ratio >= 0.5,
+               "{} of {} = {}".format(fmt(up), fmt(echo_up), fmt(ratio, 2))))
+    flows = ["up-100x50", "up-100x50-half", "up-100x1", "down-100x50"]
+    once = [all(r.get("lost") == "0" and r.get("dup") == "0" for r in std.get(l, []))
+            for l in flows if std.get(l)]
+    add(target("exactly once: no packet lost or duplicated in any up/down run",
+               1 if once else None, bool(once) and all(once),
+               "{} runs checked".format(sum(len(std.get(l, [])) for l in flows))))
+    add("")
+
+    # ---- figures ----
+    add("## Figures")
+    add("")
+    add("| figure | median (range) | unit |")
+    add("|---|---|---|")
+
+    def section(title, runs, label, rows):
+        add("| **{}** | | |".format(title))
+        for name, key, unit, digits in rows:
+            add(row(name, runs, label, key, unit, digits))
+
+    cpu = [("CPU: router", "router_cpu_pct", "% of a core", 0),
+           ("CPU: mr-load", "load_cpu_pct", "% of a core", 0),
+           ("CPU: other processes", "other_cpu_pct", "% of a core", 0)]
+    lat = [("latency p50", "p50_ms", "ms", 3), ("latency p99", "p99_ms", "ms", 3),
+           ("latency p99.9", "p999_ms", "ms", 3)]
+    section("up, 100 agents x 50 in flight", std, "up-100x50",
+            [("rate", "rate", "packets/s", 0)] + lat + cpu)
+    section("up at half that rate (--rate)", std, "up-100x50-half",
+            [("offered", "offered", "packets/s", 0), ("rate", "rate", "packets/s", 0)] + lat
+            + cpu[:1])
+    section("up, 100 agents x 1 in flight", std, "up-100x1",
+            [("rate", "rate", "packets/s", 0)] + lat + cpu[:1])
+    section("down, 100 agents x 50 in flight", std, "down-100x50",
+            [("rate", "rate", "packets/s", 0)] + lat + cpu)
+    section("register, 50 keep-alive clients", std, "register-50",
+            [("rate", "rate", "requests/s", 0), ("latency p50", "p50_ms", "ms", 3),
+             ("latency p99", "p99_ms", "ms", 3)] + cpu)
+    section("heartbeat, 1,000 agents every 100 ms", std, "heartbeat-1000",
+            [("heartbeats sent", "hb_sent", "", 0), ("heartbeats answered", "hb_answered", "", 0),
+             ("RTT p50", "p50_ms", "ms", 3), ("RTT p99", "p99_ms", "ms", 3),
+             ("RTT p99.9", "p999_ms", "ms", 3)] + cpu)
+    section("connect, 10,000 agents, then heartbeats every 6 s for 12 s", std, "connect-10000",
+            [("time to attach all", "attach_s", "s", 2),
+             ("router RSS before", "rss_before_mb", "MB", 1),
+             ("router RSS with 10,000 attached", "rss_after_mb", "MB", 1),
+             ("router memory per connection", "bytes_per_conn", "bytes", 0),
+             ("heartbeats sent", "hb_sent", "", 0), ("heartbeats answered", "hb_answered", "", 0),
+             ("heartbeat RTT p50", "p50_ms", "ms", 3), ("heartbeat RTT p99", "p99_ms", "ms", 3)])
+    section("churn, 10,000 agents attach and leave, 3 rounds (same ids)", std, "churn-10000",
+            [("router RSS before", "rss_before_mb", "MB", 1),
+             ("router RSS after round 1", "rss_round1_mb", "MB", 1),
+             ("router RSS after round 2", "rss_round2_mb", "MB", 1),
+             ("router RSS after round 3", "rss_round3_mb", "MB", 1),
+             ("round 3 / round 1", "last_vs_first_pct", "%", 1),
+             ("time to attach 10,000 (round 1)", "attach1_s", "s", 2)])
+    section("echo limit: mr-echo up, 100 x 50", std, "echo-up-100x50",
+            [("rate", "rate", "packets/s", 0), ("latency p50", "p50_ms", "ms", 3),
+             ("CPU: mr-echo", "router_cpu_pct", "% of a core", 0)] + cpu[1:])
+    section("echo limit: mr-echo down, 100 x 50", std, "echo-down-100x50",
+            [("rate", "rate", "packets/s", 0), ("latency p50", "p50_ms", "ms", 3),
+             ("CPU: mr-echo", "router_cpu_pct", "% of a core", 0)] + cpu[1:])
+    section("echo limit: mr-echo up, 100 x 1", std, "echo-up-100x1",
+            [("rate", "rate", "packets/s", 0), ("latency p50", "p50_ms", "ms", 3),
+             ("latency p99", "p99_ms", "ms", 3)])
+    section("wrk -t2 -c100 -d5s /is_alive", std, "wrk-is-alive",
+            [("rate", "rate", "requests/s", 0), ("latency p50", "p50", "ms", 3),
+             ("latency p99", "p99", "ms", 3)])
+    section("wrk -t2 -c100 -d5s, a 137-byte static file", std, "wrk-static",
+            [("rate", "rate", "requests/s", 0), ("latency p50", "p50", "ms", 3),
+             ("latency p99", "p99", "ms", 3)])
+    if big:
+        section("connect, 100,000 agents, heartbeats every 6 s for 12 s (make bench-big)",
+                big, "connect-100000",
+                [("agents attached", "attached", "", 0),
+                 ("time to attach all", "attach_s", "s", 2),
+                 ("router RSS before", "rss_before_mb", "MB", 1),
+                 ("router RSS with every agent attached", "rss_after_mb", "MB", 1),
+                 ("router memory per connection", "bytes_per_conn", "bytes", 0),
+                 ("heartbeats sent", "hb_sent", "", 0),
+                 ("heartbeats answered", "hb_answered", "", 0),
+                 ("heartbeat RTT p50", "p50_ms", "ms", 3),
+                 ("heartbeat RTT p99", "p99_ms", "ms", 3),
+                 ("heartbeat RTT p99.9", "p999_ms", "ms", 3),
+                 ("CPU: router", "router_cpu_pct", "% of a core", 0)])
+    add("")
+    add("## The router as a fraction of the echo limit")
+    add("")
+    add("| pattern | router | mr-echo | router / echo |")
+    add("|---|---|---|---|")
+    for name, r, e in (("up, 100 x 50 (packets/s)", up, echo_up),
+                       ("down, 100 x 50 (packets/s)", down, echo_down)):
+        add("| {} | {} | {} | {} |".format(name, fmt(r), fmt(e),
+                                          fmt(r / e, 2) if r is not None and e else "n/a"))
+    e1 = median(std, "echo-up-100x1", "p50_ms")
+    add("| up, 100 x 1, p50 latency (ms) | {} | {} | {} |".format(
+        fmt(p50_1, 3), fmt(e1, 3), fmt(p50_1 / e1, 2) + " x" if p50_1 and e1 else "n/a"))
+    add("")
+    eload = median(std, "echo-up-100x50", "load_cpu_pct")
+    if eload is not None and eload >= 95:
+        add("In the echo up runs mr-load used {}% of a core: the load generator, not "
+            "mr-echo, set that figure, so the real ceiling for up is higher and the "
+            "ratio above flatters the router.".format(fmt(eload)))
+        add("")
+    add("mr-echo relays each agent's message to the backend and the backend's to the "
+        "agents round-robin, on the router's stack (libevent + libwebsockets, one process), "
+        "with no parsing and no routing; by default it writes all frames waiting for a "
+        "socket in one write. It is this machine's ceiling for the pattern, load generator "
+        "included (mr-load's own CPU is in the figures above).")
+    add("")
+    failed = sorted({r["label"] for rs in list(std.values()) + list(big.values())
+                     for r in rs if r.get("ok") == "0"})
+    if failed:
+        add("Runs whose own checks failed (kept in the medians, see `{}`): {}.".format(
+            os.path.join(os.path.relpath(directory), "*.txt"), ", ".join(failed)))
+        add("")
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+def main(argv):
+    if len(argv) == 5 and argv[1] == "--median":
+        runs, _ = parse(argv[2])
+        v = median(runs, argv[3], argv[4])
+        print("" if v is None else "{:.3f}".format(v))
+        return 0
+    if len(argv) == 4 and argv[1] == "--write":
+        write(argv[2], argv[3])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
