@@ -16,12 +16,40 @@ double wire_now(void)
 	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
+/* "name":seconds.micros for an epoch time, without printf (a tenth of the
+ * per-packet time went to formatting two doubles). Returns the length. */
+static size_t format_stamp(char *out, const char *name, double t)
+{
+	long long us = llround(t * 1e6), secs = us / 1000000;
+	long frac = (long)(us % 1000000);
+	char digits[24];
+	size_t n = 0, d = 0;
+
+	out[n++] = '"';
+	while (*name)
+		out[n++] = *name++;
+	out[n++] = '"';
+	out[n++] = ':';
+	do {
+		digits[d++] = (char)('0' + secs % 10);
+		secs /= 10;
+	} while (secs > 0);
+	while (d > 0)
+		out[n++] = digits[--d];
+	out[n++] = '.';
+	for (int i = 5; i >= 0; i--) {
+		out[n + (size_t)i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	return n + 6;
+}
+
 size_t wire_stamp_outgoing(char *dst, const char *payload, size_t len, double now)
 {
 	char member[WIRE_OUTGOING_STAMP_BYTES];
-	int n = snprintf(member, sizeof member, "\"router_outgoing_timestamp\":%.6f", now);
+	size_t n = format_stamp(member, "router_outgoing_timestamp", now);
 
-	return packet_add_member_into(dst, payload, len, member, (size_t)n);
+	return packet_add_member_into(dst, payload, len, member, n);
 }
 
 static int fail(char *why, size_t whylen, const char *fmt, const char *arg)
@@ -114,13 +142,18 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 		/* The usual case: the text as it came, with the timestamp (and an
 		 * empty data object if it had none) appended; no re-serialising. */
 		char member[96];
-		int n = snprintf(member, sizeof member, "%s\"router_incoming_timestamp\":%.6f",
-				 data_missing ? "\"data\":{}," : "", now);
+		size_t n = 0;
 
-		out->payload = malloc(len + (size_t)n + 3);
+		if (data_missing) {
+			memcpy(member, "\"data\":{},", 10);
+			n = 10;
+		}
+		n += format_stamp(member + n, "router_incoming_timestamp", now);
+
+		out->payload = malloc(len + n + 3);
 		if (out->payload == NULL)
 			fatal("out of memory");
-		out->len = packet_add_member_into(out->payload, text, len, member, (size_t)n);
+		out->len = packet_add_member_into(out->payload, text, len, member, n);
 		out->payload[out->len] = '\0';
 	} else {
 		json_object_del(root, "router_outgoing_timestamp");

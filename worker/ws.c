@@ -195,12 +195,12 @@ static int close_with(struct lws *wsi, uint32_t code, const char *why)
 	return -1;
 }
 
-static void forward_packet(struct conn *c)
+static void forward_packet(struct conn *c, const char *text, size_t len)
 {
 	struct wire_packet p;
 	char why[256];
 
-	if (wire_parse(c->rx, c->rx_len, wire_now(),
+	if (wire_parse(text, len, wire_now(),
 		       (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why) < 0) {
 		c->invalid_packets++;
 		worker_stats.invalid_packets++;
@@ -233,6 +233,13 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 		return close_with(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
 				  "message too large");
 	}
+	if (c->rx_len == 0 && lws_is_final_fragment(wsi) &&
+	    lws_remaining_packet_payload(wsi) == 0) {
+		/* The whole message in one piece (the usual case): parse it
+		 * where it is, and keep no buffer for the connection. */
+		forward_packet(c, in, len);
+		return 0;
+	}
 	if (c->rx_len + len > c->rx_cap) {
 		size_t cap = c->rx_cap ? c->rx_cap : 4096;
 		while (cap < c->rx_len + len)
@@ -246,13 +253,12 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 	c->rx_len += len;
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
 		return 0;
-	forward_packet(c);
+	forward_packet(c, c->rx, c->rx_len);
 	c->rx_len = 0;
-	if (c->rx_cap > 65536) { /* do not keep a huge buffer per connection */
-		free(c->rx);
-		c->rx = NULL;
-		c->rx_cap = 0;
-	}
+	/* Messages in pieces are rare: keep no buffer per connection. */
+	free(c->rx);
+	c->rx = NULL;
+	c->rx_cap = 0;
 	return 0;
 }
 
