@@ -100,7 +100,7 @@ clean:
 #   make bench-big   100,000 agents heartbeating every 6 s (not in bench)
 BENCH_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(wildcard bench/*.c))
 
-.PHONY: bench bench-big bench-clean
+.PHONY: bench bench-big bench-state bench-clean
 
 $(OUT)/mr-load: $(OUT)/obj/cmd/mr-load.o $(BENCH_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -113,6 +113,10 @@ bench: all $(OUT)/mr-load $(OUT)/mr-echo
 
 bench-big: all $(OUT)/mr-load $(OUT)/mr-echo
 	OUT=$(OUT) bash bench/run.sh big
+
+# the state database: recovery time, up with the database on disk and in memory
+bench-state: all $(OUT)/mr-load
+	OUT=$(OUT) bash bench/state.sh
 
 bench-clean:
 	rm -rf $(OUT)/obj/bench $(OUT)/mr-load $(OUT)/mr-echo
