@@ -642,3 +642,32 @@ class FakeBrowser:
         params = {"mephisto_task_version": version}
         params.update(extra_params or {})
         return get(self.base, "/task_config.json", params=params)
+
+
+class Peers:
+    """The fake backends and browsers of one test; teardown() stops the
+    backends and returns every protocol problem any of them saw."""
+
+    def __init__(self):
+        self.backends = []
+        self.browsers = []
+
+    def teardown(self):
+        for be in self.backends:
+            be.stop()
+        problems = []
+        for x in self.backends + self.browsers:
+            problems += x.problems
+        return problems
+
+
+@contextlib.contextmanager
+def protocol_checked(peers):
+    """Yield peers; afterwards stop them and fail the test if a packet from
+    the router broke the protocol (only when the test itself passed)."""
+    try:
+        yield peers
+    finally:
+        problems = peers.teardown()
+    assert not problems, ("packets from the router broke the protocol:\n  "
+                          + "\n  ".join(problems[:20]))

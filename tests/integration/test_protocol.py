@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from conftest import HTTP_TIMEOUT, is_running, wait_until
-from mephisto_fakes import (FINAL_STATUSES, MEPHISTO, FakeBackend, FakeBrowser,
-                            backend_packet, browser_packet, get, is_number,
-                            is_seconds, of_type, post_json, post_multipart,
+from mephisto_fakes import (FINAL_STATUSES, MEPHISTO, FakeBackend, FakeBrowser, Peers,
+                            protocol_checked,
+                            backend_packet, browser_packet, is_number,
+                            is_seconds, of_type, post_json,
                             post_raw, short)
 
 # every router of this file: debug log (for failure reports), short request
@@ -39,15 +40,14 @@ PLACEMENTS = [pytest.param((1, 1), id="same-worker"),
 # ==========================================================================
 # fixture and helpers
 
-class Env:
+class Env(Peers):
     """Routers, fake backends and fake browsers of one test."""
 
     def __init__(self, factory, tmp_path):
         self.factory = factory
         self.tmp_path = tmp_path
         self.r = None
-        self.backends = []
-        self.browsers = []
+        super().__init__()
 
     def router(self, start=True, **keys):
         k = dict(PROTO_KEYS)
@@ -71,24 +71,11 @@ class Env:
         self.browsers.append(b)
         return b
 
-    def teardown(self):
-        for be in self.backends:
-            be.stop()
-        problems = []
-        for x in self.backends + self.browsers:
-            problems += x.problems
-        return problems
-
 
 @pytest.fixture
 def env(router_factory, tmp_path):
-    e = Env(router_factory, tmp_path)
-    try:
+    with protocol_checked(Env(router_factory, tmp_path)) as e:
         yield e
-    finally:
-        problems = e.teardown()
-    assert not problems, ("packets from the router broke the protocol:\n  "
-                          + "\n  ".join(problems[:20]))
 
 
 def media_type(resp):
@@ -566,7 +553,7 @@ def test_upload_mimetype_follows_the_file_name(env):
     """A file record's mimetype comes from the original file name's
     extension (README "Uploads": lws_spa does not expose a part's own
     Content-Type), application/octet-stream when the extension is unknown."""
-    r = env.router()
+    env.router()
     be = env.backend(poll_interval=None)
     b = env.browser(connect=False)
     files = [("img", "photo.jpg", b"\xff\xd8\xff", "application/octet-stream"),

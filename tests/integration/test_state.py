@@ -27,7 +27,8 @@ import uuid
 import pytest
 
 from conftest import free_port, is_running, wait_until
-from mephisto_fakes import (MEPHISTO, FakeBackend, FakeBrowser, backend_packet,
+from mephisto_fakes import (MEPHISTO, FakeBackend, FakeBrowser, Peers, backend_packet,
+                            protocol_checked,
                             of_type, short)
 
 SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
@@ -116,15 +117,14 @@ README_QUERIES = [README_Q_ATTACHED_PER_WORKER, README_Q_ATTACHED_AGENTS,
 # ==========================================================================
 # fixture
 
-class St:
+class St(Peers):
     """Routers (sharing a state database across restarts), fake backends and
     fake browsers of one test."""
 
     def __init__(self, factory, tmp_path):
         self.factory = factory
         self.tmp_path = tmp_path
-        self.backends = []
-        self.browsers = []
+        super().__init__()
 
     def router(self, **keys):
         k = dict(STATE_KEYS)
@@ -160,24 +160,11 @@ class St:
         self.browsers.append(b)
         return b
 
-    def teardown(self):
-        for be in self.backends:
-            be.stop()
-        problems = []
-        for x in self.backends + self.browsers:
-            problems += x.problems
-        return problems
-
 
 @pytest.fixture
 def st(router_factory, tmp_path):
-    s = St(router_factory, tmp_path)
-    try:
+    with protocol_checked(St(router_factory, tmp_path)) as s:
         yield s
-    finally:
-        problems = s.teardown()
-    assert not problems, ("packets from the router broke the protocol:\n  "
-                          + "\n  ".join(problems[:20]))
 
 
 def new_id(prefix="agent"):
