@@ -91,14 +91,21 @@ static char *xstrdup(const char *s)
 	return d;
 }
 
+/* arr (count used, *cap allocated) with room for one more element. */
+static void *room_for_one(void *arr, size_t count, size_t *cap, size_t size)
+{
+	if (count < *cap)
+		return arr;
+	*cap = *cap ? *cap * 2 : 32;
+	arr = realloc(arr, *cap * size);
+	if (arr == NULL)
+		fatal("out of memory");
+	return arr;
+}
+
 static void *own(struct route *r, char *buf)
 {
-	if (r->nowned == r->owned_cap) {
-		r->owned_cap = r->owned_cap ? r->owned_cap * 2 : 16;
-		r->owned = realloc(r->owned, r->owned_cap * sizeof *r->owned);
-		if (r->owned == NULL)
-			fatal("out of memory");
-	}
+	r->owned = room_for_one(r->owned, r->nowned, &r->owned_cap, sizeof *r->owned);
 	r->owned[r->nowned++] = buf;
 	return buf;
 }
@@ -108,12 +115,8 @@ static struct route_action *action_add(struct route *r, enum route_action_kind k
 {
 	struct route_action *a;
 
-	if (r->nactions == r->actions_cap) {
-		r->actions_cap = r->actions_cap ? r->actions_cap * 2 : 32;
-		r->actions = realloc(r->actions, r->actions_cap * sizeof *r->actions);
-		if (r->actions == NULL)
-			fatal("out of memory");
-	}
+	r->actions = room_for_one(r->actions, r->nactions, &r->actions_cap,
+				  sizeof *r->actions);
 	a = &r->actions[r->nactions++];
 	memset(a, 0, sizeof *a);
 	a->kind = kind;
@@ -164,12 +167,8 @@ static void change(struct route *r, enum route_change_kind kind, const char *key
 {
 	struct route_change *c;
 
-	if (r->nchanges == r->changes_cap) {
-		r->changes_cap = r->changes_cap ? r->changes_cap * 2 : 32;
-		r->changes = realloc(r->changes, r->changes_cap * sizeof *r->changes);
-		if (r->changes == NULL)
-			fatal("out of memory");
-	}
+	r->changes = room_for_one(r->changes, r->nchanges, &r->changes_cap,
+				  sizeof *r->changes);
 	c = &r->changes[r->nchanges++];
 	c->kind = kind;
 	c->key = xstrdup(key);
