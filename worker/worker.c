@@ -81,18 +81,38 @@ static void ipc_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 int worker_ipc_paused(void) { return paused; }
 
+static int accept_backoff; /* accept() failed (EMFILE): paused 100 ms */
+static int listening = 1;
+
+/* Accept while nothing stands against it: not draining, no IPC
+ * backpressure, no accept() backoff, and fewer than max_connections. A
+ * full worker stops accepting rather than refusing: the listening socket
+ * is shared, so the other workers take the connections waiting on it. */
+static void update_listener(void)
+{
+	int want = !draining && !paused && !accept_backoff &&
+		   worker_stats.connections < (uint64_t)worker_cfg.max_connections;
+
+	if (listener == NULL || want == listening)
+		return;
+	listening = want;
+	if (want) {
+		evconnlistener_enable(listener);
+	} else {
+		evconnlistener_disable(listener);
+		if (!draining && !paused && !accept_backoff)
+			log_info("%llu connections, max_connections: leaving new ones to "
+				 "the other workers", (unsigned long long)worker_stats.connections);
+	}
+}
+
 static void set_paused(int on)
 {
 	if (paused == on)
 		return;
 	paused = on;
 	ws_pause_all(on);
-	if (listener != NULL && !draining) {
-		if (on)
-			evconnlistener_disable(listener);
-		else
-			evconnlistener_enable(listener);
-	}
+	update_listener();
 	if (on) {
 		worker_stats.backpressure_pauses++;
 		log_warn("IPC output over %lld bytes: not reading clients until it drains",
@@ -229,8 +249,8 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (!draining && !paused)
-		evconnlistener_enable(listener);
+	accept_backoff = 0;
+	update_listener();
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
@@ -265,6 +285,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	/* lws closes fd itself when adoption fails. */
 	if (lws_adopt_socket_vhost(vhost, fd) == NULL)
 		log_warn("could not adopt a connection");
+	update_listener();
 }
 
 static void accept_error_cb(struct evconnlistener *l, void *arg)
@@ -274,8 +295,10 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 
 	(void)arg;
 	/* Out of descriptors: pause instead of spinning (tmux server.c). */
+	(void)l;
 	log_warn("accept: %s; pausing accepts for 100 ms", evutil_socket_error_to_string(err));
-	evconnlistener_disable(l);
+	accept_backoff = 1;
+	update_listener();
 	evtimer_add(accept_retry, &tv);
 }
 
@@ -292,6 +315,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		break;
 	case LWS_CALLBACK_WSI_DESTROY:
 		worker_stats.connections--;
+		update_listener();
 		break;
 	case LWS_CALLBACK_ESTABLISHED:
 	case LWS_CALLBACK_RECEIVE:
@@ -450,7 +474,7 @@ static void worker_drain(const char *why)
 		event_base_loopexit(base, NULL);
 		return;
 	}
-	evconnlistener_disable(listener);
+	update_listener();
 	ws_close_all(LWS_CLOSE_STATUS_GOINGAWAY);
 	drain_deadline = now_monotonic() + worker_cfg.shutdown_timeout;
 	evtimer_add(drain_tick, &tv);
@@ -499,6 +523,7 @@ int worker_main(int slot)
 	/* Teardown order matters (LWS-NOTES): lws before the base. */
 	if (listener != NULL)
 		evconnlistener_free(listener);
+	listener = NULL; /* lws_context_destroy() below calls update_listener() */
 	if (context != NULL)
 		lws_context_destroy(context);
 	ws_free_all();

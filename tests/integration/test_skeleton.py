@@ -599,3 +599,31 @@ def test_worker_config_error_is_not_respawned(cli, tmp_path):
     assert "max_connections = 5000" in text and "limit is 512" in text, text
     assert "not restarting it" in text, text
     assert text.count("started (pid") == 2, text
+
+
+def test_full_worker_leaves_connections_to_the_others(router_factory):
+    """max_connections per worker: a full worker stops accepting instead of
+    refusing, so connections go to the workers with room, and one waiting
+    while every worker is full is served when a connection closes."""
+    r = router_factory(max_connections=3)
+    clients = [r.ws() for _ in range(6)]  # 2 workers x 3: every one opens
+    for c in clients:
+        assert c.ping_ok(), "a WebSocket was refused while a worker had room"
+    assert sorted(r.ws_worker(c) for c in clients) == [1, 1, 1, 2, 2, 2]
+    # Every worker is full: a new connection waits in the listen queue...
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(b"GET /is_alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recv(1)
+        # ...and is served once a connection closes.
+        clients[0].close()
+        s.settimeout(5)
+        answer = b""
+        with contextlib.suppress(socket.timeout):
+            while b"Alive!" not in answer:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert b"200 OK" in answer and b"Alive!" in answer, answer
