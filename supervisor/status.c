@@ -69,6 +69,26 @@ static void print_total(sqlite3_stmt *st, void *arg)
 	fprintf(arg, "%lld", (long long)sqlite3_column_int64(st, 0));
 }
 
+/* The summary, section by section: a heading, then the rows of a query. */
+static const struct section {
+	const char *heading;
+	const char *sql;
+	void (*row)(sqlite3_stmt *st, void *arg);
+} sections[] = {
+	{ "", "SELECT key, value FROM router_meta ORDER BY key", print_meta },
+	{ "agents:                ", "SELECT count(*) FROM agents", print_total },
+	{ "\nagents per status:\n",
+	  "SELECT status, count(*) FROM agents GROUP BY status ORDER BY count(*) DESC",
+	  print_count },
+	{ "attached agents per worker:\n",
+	  "SELECT attached_worker, count(*) FROM agents WHERE attached_worker IS NOT NULL "
+	  "GROUP BY attached_worker ORDER BY attached_worker", print_worker },
+	{ "queued packets:        ", "SELECT count(*) FROM queued_packets", print_total },
+	{ "\nqueued per destination:\n",
+	  "SELECT destination, count(*), min(created_at) FROM queued_packets "
+	  "GROUP BY destination ORDER BY count(*) DESC LIMIT 20", print_queue },
+};
+
 int status_print(const char *path, FILE *out, char *err, size_t errlen)
 {
 	sqlite3 *db = NULL;
@@ -78,28 +98,11 @@ int status_print(const char *path, FILE *out, char *err, size_t errlen)
 		goto fail;
 	sqlite3_busy_timeout(db, 2000);
 	fprintf(out, "state database:        %s\n", path);
-	if (each_row(db, "SELECT key, value FROM router_meta ORDER BY key", print_meta, out) < 0)
-		goto fail;
-	fprintf(out, "agents:                ");
-	if (each_row(db, "SELECT count(*) FROM agents", print_total, out) < 0)
-		goto fail;
-	fprintf(out, "\nagents per status:\n");
-	if (each_row(db, "SELECT status, count(*) FROM agents GROUP BY status "
-			 "ORDER BY count(*) DESC", print_count, out) < 0)
-		goto fail;
-	fprintf(out, "attached agents per worker:\n");
-	if (each_row(db, "SELECT attached_worker, count(*) FROM agents WHERE "
-			 "attached_worker IS NOT NULL GROUP BY attached_worker "
-			 "ORDER BY attached_worker", print_worker, out) < 0)
-		goto fail;
-	fprintf(out, "queued packets:        ");
-	if (each_row(db, "SELECT count(*) FROM queued_packets", print_total, out) < 0)
-		goto fail;
-	fprintf(out, "\nqueued per destination:\n");
-	if (each_row(db, "SELECT destination, count(*), min(created_at) FROM "
-			 "queued_packets GROUP BY destination ORDER BY count(*) DESC "
-			 "LIMIT 20", print_queue, out) < 0)
-		goto fail;
+	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+		fputs(sections[i].heading, out);
+		if (each_row(db, sections[i].sql, sections[i].row, out) < 0)
+			goto fail;
+	}
 	rc = 0;
 fail:
 	if (rc < 0)

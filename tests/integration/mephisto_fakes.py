@@ -652,6 +652,19 @@ class Peers:
         self.backends = []
         self.browsers = []
 
+    def add_backend(self, router, connect=True, **kw):
+        kw.setdefault("name", "backend%d" % (len(self.backends) + 1))
+        be = FakeBackend(router.ws_url, **kw)
+        self.backends.append(be)
+        if connect:
+            be.connect()
+        return be
+
+    def add_browser(self, router, **kw):
+        b = FakeBrowser(router, **kw)
+        self.browsers.append(b)
+        return b
+
     def teardown(self):
         for be in self.backends:
             be.stop()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HTTP_TIMEOUT, is_running, wait_until
-from mephisto_fakes import (FINAL_STATUSES, MEPHISTO, FakeBackend, FakeBrowser, Peers,
+from mephisto_fakes import (FINAL_STATUSES, MEPHISTO, Peers,
                             protocol_checked,
                             backend_packet, browser_packet, is_number,
                             is_seconds, of_type, post_json,
@@ -58,18 +58,10 @@ class Env(Peers):
         return r
 
     def backend(self, router=None, connect=True, **kw):
-        r = router or self.r
-        kw.setdefault("name", "backend%d" % (len(self.backends) + 1))
-        be = FakeBackend(r.ws_url, **kw)
-        self.backends.append(be)
-        if connect:
-            be.connect()
-        return be
+        return self.add_backend(router or self.r, connect, **kw)
 
     def browser(self, router=None, **kw):
-        b = FakeBrowser(router or self.r, **kw)
-        self.browsers.append(b)
-        return b
+        return self.add_browser(router or self.r, **kw)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import uuid
 import pytest
 
 from conftest import free_port, is_running, wait_until
-from mephisto_fakes import (MEPHISTO, FakeBackend, FakeBrowser, Peers, backend_packet,
+from mephisto_fakes import (MEPHISTO, FakeBrowser, Peers, backend_packet,
                             protocol_checked,
                             of_type, short)
 
@@ -148,17 +148,10 @@ class St(Peers):
 
     def backend(self, r, connect=True, **kw):
         kw.setdefault("poll_interval", None)
-        kw.setdefault("name", "backend%d" % (len(self.backends) + 1))
-        be = FakeBackend(r.ws_url, **kw)
-        self.backends.append(be)
-        if connect:
-            be.connect()
-        return be
+        return self.add_backend(r, connect, **kw)
 
     def browser(self, r, **kw):
-        b = FakeBrowser(r, **kw)
-        self.browsers.append(b)
-        return b
+        return self.add_browser(r, **kw)
 
 
 @pytest.fixture
