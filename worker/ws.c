@@ -21,6 +21,8 @@
 #include "../core/log.h"
 #include "wire.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,9 +267,17 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 /* Write queued packets while the socket takes them (at most 64 per
  * callback, to stay fair to other connections). Without permessage-deflate
  * lws_write() is done with the buffer when it returns: what the kernel did
- * not take, lws copies and the pipe reports choked. */
+ * not take, lws copies and the pipe reports choked. lws writes each frame
+ * with its own send(); with more than one waiting the socket is corked
+ * meanwhile, so that they leave as one TCP segment (over loopback each
+ * segment is also the receiver's whole receive path, run by the sender). */
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
+	int corked = 0, fd = lws_get_socket_fd(wsi), one = 1, zero = 0;
+	size_t unchecked = 0;
+
+	if (c->head != NULL && c->head->next != NULL && fd >= 0)
+		corked = setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof one) == 0;
 	for (int budget = 64; c->head != NULL && budget > 0; budget--) {
 		struct out_msg *m = c->head;
 		size_t n;
@@ -290,9 +300,18 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
 			return -1;
 		}
-		if (lws_send_pipe_choked(wsi))
-			break;
+		/* lws_send_pipe_choked() is a poll() system call: ask once per
+		 * 16 KiB written, not per packet. What the kernel does not take
+		 * lws keeps (at most that much more than a check would have). */
+		unchecked += n;
+		if (unchecked >= 16384) {
+			if (lws_send_pipe_choked(wsi))
+				break;
+			unchecked = 0;
+		}
 	}
+	if (corked)
+		setsockopt(fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof zero);
 	if (c->head == NULL && c->close_code != 0 && !lws_send_pipe_choked(wsi))
 		return close_with(wsi, c->close_code,
 				  c->close_code == LWS_CLOSE_STATUS_GOINGAWAY
