@@ -22,7 +22,7 @@ CFLAGS := -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g \
 	-DMR_VERSION='"$(VERSION)"' -I$(LWS)/include $(SAN_FLAGS) -MMD -MP
 LDFLAGS := $(SAN_FLAGS)
 LIBS := $(LWS)/lib/libwebsockets.a -levent_core -lmsgpackc -lsqlite3 \
-	-ljansson -lz -lcap -lssl -lcrypto -lpthread -lm
+	-ljansson -lyajl -lz -lcap -lssl -lcrypto -lpthread -lm
 
 CORE_SRC := $(wildcard core/*.c)
 ROUTER_SRC := $(CORE_SRC) $(wildcard worker/*.c) $(wildcard supervisor/*.c) \
@@ -54,7 +54,7 @@ $(OUT)/mephisto-router: $(ROUTER_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(OUT)/tests/test_%: tests/unit/test_%.c $(CORE_OBJ) $(OUT)/obj/supervisor/store.o \
-		$(OUT)/obj/supervisor/schema.o | $(DEPS_STAMP)
+		$(OUT)/obj/supervisor/schema.o $(OUT)/obj/worker/wire.o | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ -lcmocka $(LIBS) $(LDFLAGS)
 

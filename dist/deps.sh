@@ -13,7 +13,7 @@ LWS_VER=4.1.6
 LWS_TGZ=libwebsockets_${LWS_VER}.orig.tar.gz
 LWS_SHA256=402e9a8df553c9cd2aff5d7a9758e9e5285bf3070c82539082864633db3deb83
 PACKAGES="build-essential pkg-config cmake libevent-dev libmsgpack-dev
-  libsqlite3-dev libjansson-dev libcmocka-dev zlib1g-dev libcap-dev libssl-dev
+  libsqlite3-dev libjansson-dev libyajl-dev libcmocka-dev zlib1g-dev libcap-dev libssl-dev
   sqlite3 python3-pytest python3-websockets python3-requests curl
   ca-certificates ${DEPS_PACKAGES_EXTRA:-}"
 

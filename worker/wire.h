@@ -1,6 +1,7 @@
-/* Packets on the wire: parse and validate what a WebSocket brought (JSON,
- * with jansson) into the routing fields the supervisor needs plus the
- * payload it forwards untouched. */
+/* Packets on the wire: parse and validate what a WebSocket brought (JSON:
+ * yajl for the usual packet, jansson for the rest, wire.c) into the
+ * routing fields the supervisor needs plus the payload it forwards
+ * untouched. */
 #ifndef MR_WIRE_H
 #define MR_WIRE_H
 
@@ -14,16 +15,20 @@
 #define WIRE_OUTGOING_STAMP_BYTES 64
 
 struct wire_packet {
-	struct ipc_packet_fields f; /* strings point into root */
+	struct ipc_packet_fields f; /* strings point into root or after payload */
 	char *payload;              /* compact JSON, malloc'ed */
 	size_t len;
-	json_t *root;
+	json_t *root;               /* NULL when yajl parsed it */
 };
 
 /* Parse one WebSocket message received at time now (epoch seconds).
  * Returns 0, or -1 with the reason in why (the packet is to be dropped). */
 int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 	       struct wire_packet *out, char *why, size_t whylen);
+/* The same with jansson only: what wire_parse() falls back to for any
+ * packet its fast path declines, and the reference tests compare it with. */
+int wire_parse_json(const char *text, size_t len, double now, size_t backend_max,
+		    struct wire_packet *out, char *why, size_t whylen);
 void wire_packet_free(struct wire_packet *p);
 
 /* Epoch seconds, as the protocol's timestamps. */
