@@ -345,8 +345,19 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 	return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+/* lws gives every WebSocket a receive buffer of rx_buffer_size (+ LWS_PRE)
+ * for its whole life: with the default (pt_serv_buf_size, 4 KiB) that was
+ * 4 KiB of the 6.7 KiB each connection cost (100,000 agents: 687 MB).
+ * Agents send small packets; a longer message arrives in pieces, which
+ * ws.c joins. It also caps one read() per wakeup, which the backend's
+ * connection does not miss (down: the same rate, BENCHMARKS.md).
+ * tx_packet_size: without it lws also cuts every send() to rx_buffer_size. */
+#define WS_RX_BUFFER 1024
+#define WS_TX_PACKET (256 * 1024)
+
 static const struct lws_protocols protocols[] = {
-	{ "mephisto-router", callback, sizeof(struct session), 0, 0, NULL, 0 },
+	{ "mephisto-router", callback, sizeof(struct session), WS_RX_BUFFER, 0, NULL,
+	  WS_TX_PACKET },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
