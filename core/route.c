@@ -40,6 +40,11 @@ struct agent {
 	double last_ping;       /* 0: never */
 	double disconnect_time; /* 0: never, or attached since */
 	struct queue queue;
+	/* '"id":"status"' for return_statuses, made when first needed after a
+	 * status change (with 100,000 agents, a jansson object of them all
+	 * took the supervisor ~150 ms every request_statuses, 4 s apart). */
+	char *statuses_member;
+	size_t statuses_member_len;
 };
 
 struct waiting {
@@ -78,6 +83,7 @@ struct route {
 	size_t nchanges, changes_cap;
 	struct route_stats stats;
 	int refusal_logged[REFUSE_COUNT];
+	size_t liveness_pos; /* where the next tick's liveness walk starts */
 };
 
 /* ---- helpers ---- */
@@ -89,6 +95,22 @@ static char *xstrdup(const char *s)
 	if (d == NULL)
 		fatal("out of memory");
 	return d;
+}
+
+/* Append n bytes to a growing buffer. */
+static void buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+	if (*len + n > *cap) {
+		size_t c = *cap ? *cap : 4096;
+		while (c < *len + n)
+			c *= 2;
+		*buf = realloc(*buf, c);
+		if (*buf == NULL)
+			fatal("out of memory");
+		*cap = c;
+	}
+	memcpy(*buf + *len, data, n);
+	*len += n;
 }
 
 /* arr (count used, *cap allocated) with room for one more element. */
@@ -369,6 +391,7 @@ static void agent_free(struct route *r, struct agent *a)
 	queue_clear(r, &a->queue);
 	free(a->id);
 	free(a->status);
+	free(a->statuses_member);
 	free(a);
 }
 
@@ -390,6 +413,8 @@ static void agent_set_status(struct route *r, struct agent *a, const char *statu
 		return;
 	free(a->status);
 	a->status = xstrdup(status);
+	free(a->statuses_member);
+	a->statuses_member = NULL;
 	agent_changed(r, a->id);
 }
 
@@ -462,29 +487,63 @@ static void agent_attach(struct route *r, struct agent *a, uint32_t worker,
 
 /* ---- liveness ---- */
 
-static void apply_liveness(struct route *r, double now)
+/* One agent's grace and heartbeat rules. */
+static void check_liveness(struct route *r, struct agent *a, double now)
+{
+	if (!a->attached && a->disconnect_time != 0 &&
+	    now - a->disconnect_time >= r->cfg.reconnect_grace &&
+	    !status_is_final(a->status)) {
+		log_info("agent %s: no reconnection within %.1f s of its socket "
+			 "closing: disconnect", a->id, r->cfg.reconnect_grace);
+		agent_set_status(r, a, "disconnect");
+	}
+	/* The clock first: the status is a string compare. */
+	if (a->last_ping != 0 && now - a->last_ping >= r->cfg.heartbeat_timeout &&
+	    status_is_live(a->status)) {
+		log_info("agent %s: no heartbeat for %.1f s: disconnect", a->id,
+			 now - a->last_ping);
+		agent_set_status(r, a, "disconnect");
+		send_update_status(r, a, now);
+	}
+}
+
+static void apply_liveness_all(struct route *r, double now)
 {
 	size_t pos = 0;
 	void *value;
 
-	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
-		struct agent *a = value;
+	while (map_next(r->agents, &pos, NULL, NULL, &value))
+		check_liveness(r, value, now);
+}
 
-		if (!a->attached && a->disconnect_time != 0 &&
-		    now - a->disconnect_time >= r->cfg.reconnect_grace &&
-		    !status_is_final(a->status)) {
-			log_info("agent %s: no reconnection within %.1f s of its socket "
-				 "closing: disconnect", a->id, r->cfg.reconnect_grace);
-			agent_set_status(r, a, "disconnect");
-		}
-		if (status_is_live(a->status) && a->last_ping != 0 &&
-		    now - a->last_ping >= r->cfg.heartbeat_timeout) {
-			log_info("agent %s: no heartbeat for %.1f s: disconnect", a->id,
-				 now - a->last_ping);
-			agent_set_status(r, a, "disconnect");
-			send_update_status(r, a, now);
-		}
+/* The tick's walk: every agent when there are up to LIVENESS_BATCH of
+ * them; beyond that LIVENESS_BATCH per tick, going on where the last tick
+ * stopped, so each agent is seen every count / LIVENESS_BATCH ticks (0.7 s
+ * with 100,000) instead of the supervisor stalling for a whole walk
+ * (10-20 ms at 100,000, ten times a second, every heartbeat waiting).
+ * Inserting or deleting between ticks may move an agent past the cursor:
+ * it is then seen a pass later. */
+#define LIVENESS_BATCH 16384
+
+static void apply_liveness(struct route *r, double now)
+{
+	size_t pos = r->liveness_pos, seen = 0;
+	void *value;
+
+	if (map_count(r->agents) <= LIVENESS_BATCH) {
+		apply_liveness_all(r, now);
+		r->liveness_pos = 0;
+		return;
 	}
+	while (seen < LIVENESS_BATCH) {
+		if (!map_next(r->agents, &pos, NULL, NULL, &value)) {
+			pos = 0;
+			break;
+		}
+		check_liveness(r, value, now);
+		seen++;
+	}
+	r->liveness_pos = pos;
 }
 
 static void expire_requests(struct route *r, double now)
@@ -621,30 +680,70 @@ static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
 	send_to(r, (struct endpoint){ worker, conn }, "", 0, answer, len);
 }
 
+static const char *statuses_member(struct agent *a, size_t *len)
+{
+	if (a->statuses_member == NULL) {
+		json_t *one = json_pack("{s:s}", a->id, a->status);
+		char *text = one ? json_dumps(one, JSON_COMPACT) : NULL;
+		size_t n;
+
+		json_decref(one);
+		if (text == NULL)
+			fatal("out of memory");
+		n = strlen(text); /* '{"id":"status"}': keep what is inside */
+		memmove(text, text + 1, n - 2);
+		text[n - 2] = '\0';
+		a->statuses_member = text;
+		a->statuses_member_len = n - 2;
+	}
+	*len = a->statuses_member_len;
+	return a->statuses_member;
+}
+
+/* A timestamp as jansson writes it in a packet, or null. */
+static void append_number(char **buf, size_t *len, size_t *cap, double v)
+{
+	json_t *num = isnan(v) ? json_null() : json_real(v);
+	char *text = json_dumps(num, JSON_COMPACT | JSON_ENCODE_ANY);
+
+	json_decref(num);
+	if (text == NULL)
+		fatal("out of memory");
+	buf_append(buf, len, cap, text, strlen(text));
+	free(text);
+}
+
+/* return_statuses, written as jansson would write the object (the agents
+ * in map order) but from each agent's cached member. */
 static void on_request_statuses(struct route *r, const struct packet *p, double now)
 {
-	json_t *statuses = json_object(), *packet;
-	size_t pos = 0, len;
+	static const char head[] =
+		"{\"packet_type\":\"return_statuses\",\"subject_id\":\"" PACKET_MEPHISTO
+		"\",\"data\":{";
+	size_t pos = 0, len = 0, cap = 0, n;
 	void *value;
-	char *text;
+	char *text = NULL;
+	const char *member;
+	int first = 1;
 
 	r->last_poll = now;
 	meta_changed(r, "last_backend_ping", now);
-	apply_liveness(r, now);
+	apply_liveness_all(r, now);
+	buf_append(&text, &len, &cap, head, sizeof head - 1);
 	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
-		struct agent *a = value;
-		json_object_set_new(statuses, a->id, json_string(a->status));
+		member = statuses_member(value, &n);
+		if (!first)
+			buf_append(&text, &len, &cap, ",", 1);
+		buf_append(&text, &len, &cap, member, n);
+		first = 0;
 	}
-	packet = json_pack("{s:s, s:s, s:o}", "packet_type", "return_statuses",
-			   "subject_id", PACKET_MEPHISTO, "data", statuses);
-	json_object_set_new(packet, "client_timestamp",
-			    isnan(p->server_timestamp) ? json_null()
-						       : json_real(p->server_timestamp));
-	json_object_set_new(packet, "router_incoming_timestamp",
-			    isnan(p->router_incoming_timestamp)
-				    ? json_null()
-				    : json_real(p->router_incoming_timestamp));
-	text = dump_owned(r, packet, &len);
+	buf_append(&text, &len, &cap, "},\"client_timestamp\":", 21);
+	append_number(&text, &len, &cap, p->server_timestamp);
+	buf_append(&text, &len, &cap, ",\"router_incoming_timestamp\":", 29);
+	append_number(&text, &len, &cap, p->router_incoming_timestamp);
+	buf_append(&text, &len, &cap, "}", 2); /* with the NUL */
+	len--;
+	own(r, text);
 	send_to(r, r->channel, PACKET_MEPHISTO, ++r->next_seq, text, len);
 }
 

@@ -88,10 +88,21 @@ static void renew(const struct route_config *cfg)
 	assert_non_null(F.r);
 }
 
+/* Room for one more pointer in *arr (n used): doubling, so that tests
+ * with tens of thousands of agents stay linear (also under ASan, whose
+ * realloc always moves). */
+static void *grow(void *arr, size_t n, size_t size)
+{
+	if (n == 0 || (n & (n - 1)) == 0) {
+		arr = realloc(arr, (n ? 2 * n : 8) * size);
+		assert_non_null(arr);
+	}
+	return arr;
+}
+
 static const char *keep(char *s)
 {
-	F.strs = realloc(F.strs, (F.nstrs + 1) * sizeof *F.strs);
-	assert_non_null(F.strs);
+	F.strs = grow(F.strs, F.nstrs, sizeof *F.strs);
 	F.strs[F.nstrs++] = s;
 	return s;
 }
@@ -125,8 +136,7 @@ static void done_input(char *d)
 		free(d);
 		return;
 	}
-	F.inputs = realloc(F.inputs, (F.ninputs + 1) * sizeof *F.inputs);
-	assert_non_null(F.inputs);
+	F.inputs = grow(F.inputs, F.ninputs, sizeof *F.inputs);
 	F.inputs[F.ninputs++] = d;
 }
 
@@ -1131,6 +1141,77 @@ static void test_request_statuses_without_agents_sends_empty_data(void **state)
 	j = action_json(&a[0]);
 	assert_str(jstr(j, "packet_type"), "return_statuses");
 	assert_int_equal(json_object_size(jobj(j, "data")), 0);
+}
+
+/* return_statuses is written from cached per-agent members: ids and
+ * statuses that need escaping come out as JSON, and a status change shows
+ * in the next answer. */
+static void test_request_statuses_escapes_and_follows_changes(void **state)
+{
+	static const char *ids[] = { "q\"uote", "back\\slash", "caf\xc3\xa9\n", "plain" };
+	const struct route_action *a;
+	json_t *data;
+
+	(void)state;
+	attach_backend(T0);
+	for (size_t i = 0; i < 4; i++)
+		agent_with_status(1, i + 1, ids[i], "in task", T0);
+	update_status(ids[0], "wait\"ing", "x", T0);
+	clear();
+	request_statuses(T0 + 1, T0 + 1);
+	a = actions(1);
+	data = jobj(action_json(&a[0]), "data");
+	assert_int_equal(json_object_size(data), 4);
+	assert_str(jstr(data, ids[0]), "wait\"ing");
+	for (size_t i = 1; i < 4; i++)
+		assert_str(jstr(data, ids[i]), "in task");
+	clear();
+	update_status(ids[2], "completed", "y", T0 + 2);
+	clear();
+	request_statuses(NAN, T0 + 3);
+	a = actions(1);
+	data = jobj(action_json(&a[0]), "data");
+	assert_str(jstr(data, ids[2]), "completed");
+	assert_str(jstr(data, ids[0]), "wait\"ing");
+	assert_true(json_is_null(json_object_get(action_json(&a[0]), "client_timestamp")));
+}
+
+/* Beyond LIVENESS_BATCH agents the tick checks a batch at a time: every
+ * silent agent is still disconnected, within a few ticks, and none early. */
+static void test_liveness_walk_in_batches_reaches_every_agent(void **state)
+{
+	enum { N = 20000 };
+	size_t done = 0, ticks = 0;
+
+	(void)state;
+	attach_backend(T0);
+	for (uint64_t i = 0; i < N; i++) {
+		const char *id = fmt("agent-%llu", (unsigned long long)i);
+		alive(1, i + 1, id, T0);
+		update_status(id, "in task", "t", T0);
+		heartbeat(1, i + 1, id, NAN, T0);
+		clear();
+	}
+	route_tick(F.r, T0 + 14.9);
+	clear();
+	for (uint64_t i = 0; i < N; i++)
+		assert_str(route_agent_status(F.r, fmt("agent-%llu", (unsigned long long)i)),
+			   "in task");
+	while (done < N && ticks < 10) {
+		const struct route_action *a;
+		size_t n;
+
+		route_tick(F.r, T0 + 15 + 0.1 * (double)ticks++);
+		n = route_actions(F.r, &a);
+		assert_true(n > 0); /* each tick does a part of the walk */
+		done += n;
+		clear();
+	}
+	assert_int_equal(done, N);
+	assert_true(ticks > 1 && ticks <= 4);
+	for (uint64_t i = 0; i < N; i++)
+		assert_str(route_agent_status(F.r, fmt("agent-%llu", (unsigned long long)i)),
+			   "disconnect");
 }
 
 static void test_request_statuses_applies_liveness_first(void **state)
@@ -2245,6 +2326,8 @@ int main(void)
 		T(test_request_statuses_returns_every_status),
 		T(test_request_statuses_without_agents_sends_empty_data),
 		T(test_request_statuses_applies_liveness_first),
+		T(test_request_statuses_escapes_and_follows_changes),
+		T(test_liveness_walk_in_batches_reaches_every_agent),
 		T(test_http_wait_details_answered_by_agent_details),
 		T(test_http_answers_go_to_the_right_request),
 		T(test_http_unknown_request_id_dropped),
