@@ -39,6 +39,13 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:", "WARNING: AddressSanitizer")
 
 
+
+def miss_pause(attempt):
+    """Between attempts to land a connection on a chosen worker: which
+    worker accepts is the kernel's choice (the first free one), so a worker
+    still starting or busy (ASan) needs time, not more attempts."""
+    time.sleep(min(0.2, 0.005 * (attempt + 1)))
+
 def sanitizer_report(text):
     """The first lines of a sanitizer report found in text, or None."""
     for marker in SANITIZER_MARKERS:
@@ -604,12 +611,12 @@ class Router:
             "holds the socket" % (hdr, slot, pid))
         return slot
 
-    def ws_on_slots(self, slots, max_attempts=60):
+    def ws_on_slots(self, slots, max_attempts=300):
         """Open WebSockets until one is held by each slot in slots; returns
         {slot: client}. The others are closed."""
         found = {}
         deadline = time.monotonic() + 15
-        for _ in range(max_attempts):
+        for attempt in range(max_attempts):
             c = self.ws()
             s = self.ws_worker(c)
             if s in slots and s not in found:
@@ -618,6 +625,7 @@ class Router:
                 c.close()
             if set(found) == set(slots) or time.monotonic() > deadline:
                 break
+            miss_pause(attempt)
         assert set(found) == set(slots), (
             "could not get a WebSocket on each of slots %s in %d attempts "
             "(got %s)\n%s" % (sorted(slots), max_attempts, sorted(found),

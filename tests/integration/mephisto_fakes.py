@@ -29,7 +29,7 @@ import requests
 import websockets
 import websockets.exceptions
 
-from conftest import HTTP_TIMEOUT, WS_TIMEOUT
+from conftest import HTTP_TIMEOUT, WS_TIMEOUT, miss_pause
 
 MEPHISTO = "mephisto"
 BACKEND_MAX_SIZE = 2 ** 20  # websockets' default max_size, what the backend uses
@@ -139,7 +139,7 @@ class FakeBackend:
     def __init__(self, ws_url, poll_interval=4.0, answer=True, details_delay=0.0,
                  details_request_id=True, max_size=BACKEND_MAX_SIZE,
                  want_worker=None, send_alive=True, name="backend",
-                 max_attempts=60, compression="deflate", ping_interval=20):
+                 max_attempts=300, compression="deflate", ping_interval=20):
         self.url = ws_url
         self.poll_interval = poll_interval
         self.answer = answer
@@ -191,7 +191,7 @@ class FakeBackend:
         ws = None
         w = None
         deadline = time.monotonic() + 15
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
             ws = await websockets.connect(
                 self.url, max_size=self.max_size, open_timeout=5,
                 compression=self.compression, ping_interval=self.ping_interval,
@@ -204,6 +204,7 @@ class FakeBackend:
             ws = None
             if time.monotonic() > deadline:
                 break
+            await asyncio.sleep(min(0.2, 0.005 * (attempt + 1)))  # see miss_pause
         if ws is None:
             raise AssertionError("%s: could not get a connection on worker %s"
                                  % (self.name, self.want_worker))
@@ -482,10 +483,10 @@ class FakeBrowser:
             self.connect(want_worker)
 
     # -- WebSocket
-    def connect(self, want_worker=None, max_attempts=60):
+    def connect(self, want_worker=None, max_attempts=300):
         c = None
         deadline = time.monotonic() + 15
-        for _ in range(max_attempts):
+        for attempt in range(max_attempts):
             c = self.router.ws()
             if want_worker is None or c.header_worker == want_worker:
                 break
@@ -493,6 +494,7 @@ class FakeBrowser:
             c = None
             if time.monotonic() > deadline:
                 break
+            miss_pause(attempt)
         assert c is not None, "could not get a WebSocket on worker %s" % want_worker
         self.ws = c
         self.worker = c.header_worker

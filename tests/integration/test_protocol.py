@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HTTP_TIMEOUT, is_running, wait_until
+from conftest import HTTP_TIMEOUT, is_running, miss_pause, wait_until
 from mephisto_fakes import (FINAL_STATUSES, MEPHISTO, Peers,
                             protocol_checked,
                             backend_packet, browser_packet, is_number,
@@ -293,11 +293,11 @@ class HTTPOnWorker:
     """A keep-alive HTTP connection held by a chosen worker (new
     connections until X-Router-Worker says so, bounded)."""
 
-    def __init__(self, port, worker, max_attempts=60):
+    def __init__(self, port, worker, max_attempts=300):
         self.worker = worker
         self.conn = None
         deadline = time.monotonic() + 15
-        for _ in range(max_attempts):
+        for attempt in range(max_attempts):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
             conn.request("GET", "/is_alive")
             resp = conn.getresponse()
@@ -308,6 +308,7 @@ class HTTPOnWorker:
             conn.close()
             if time.monotonic() > deadline:
                 break
+            miss_pause(attempt)
         raise AssertionError("no HTTP connection on worker %d" % worker)
 
     def request(self, method, path, body=None, content_type="application/json"):
