@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -136,6 +137,7 @@ static struct run {
 	struct slice *slices;
 	int nslices;
 	int slices_attached_seen;
+	int measure_go; /* connect/heartbeat: every process attached */
 	double go_at;
 
 	/* churn */
@@ -947,10 +949,31 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		break;
 	case PH_RUN:
-		if ((R.kind == K_CONNECT || R.kind == K_HEARTBEAT) && R.nslices > 0 &&
-		    !R.measuring &&
-		    R.child_fd < 0 && !slices_all(0))
-			break; /* the RTT window starts when every process attached */
+		/* With agent processes the RTT window (after --warmup) starts
+		 * when every process has attached all of its agents, in all of
+		 * them at once: the parent sends 'm' to each. Otherwise the
+		 * first process to attach would time heartbeats against a
+		 * router still busy with the others' connections. */
+		if ((R.kind == K_CONNECT || R.kind == K_HEARTBEAT) && !R.measuring &&
+		    !R.measure_go) {
+			if (R.child_fd >= 0) {
+				struct pollfd pfd = { R.child_rfd, POLLIN, 0 };
+				char c;
+
+				if (poll(&pfd, 1, 0) != 1)
+					break;
+				if (read(R.child_rfd, &c, 1) != 1 || c != 'm')
+					fail("unexpected word from the parent process");
+			} else if (R.nslices > 0) {
+				if (!slices_all(0))
+					break;
+				for (int i = 0; i < R.nslices; i++)
+					if (R.slices[i].wfd >= 0 && write(R.slices[i].wfd, "m", 1) != 1)
+						fail("cannot signal agent process %d", i);
+			}
+			R.measure_go = 1;
+			R.run_start = t;
+		}
 		if (!R.measuring && t >= R.run_start + R.o->warmup)
 			start_measure();
 		if (R.measuring && t >= R.m_start + R.o->duration)

@@ -140,7 +140,8 @@ mr-load up|down   --agents 100 --window 50|1 --duration 5 --url ws://127.0.0.1:E
 wrk -t2 -c100 -d5s --latency http://127.0.0.1:PORT/is_alive
 wrk -t2 -c100 -d5s --latency http://127.0.0.1:PORT/hello.txt        # a 137-byte static file
 # make bench-big: workers = W (enough for 100,000 descriptors), mr-load with --procs P
-mr-load connect --agents 100000 --interval 6 --duration 12 --procs P --concurrency 500 --connect-timeout 300 --url ..."""
+mr-load connect --agents 100000 --interval 6 --warmup 6 --duration 12 --procs P --concurrency 500 --connect-timeout 300 --url ...
+#   heartbeats start as each agent attaches; RTT is timed from 6 s after every agent attached"""
 
 
 def row(name, runs, label, key, unit="", digits=0):
@@ -153,6 +154,60 @@ def target(desc, value, ok, measured_text, node=""):
     else:
         verdict = "**met**" if ok else "**not met**"
     return "| {} | {} | {} | {} |".format(desc, measured_text, verdict, node)
+
+
+def parse_progress(path):
+    """([(commit, subject), ...] in order, runs keyed "commit:label")."""
+    commits, runs, notes = [], {}, {}
+    if not os.path.exists(path):
+        return commits, runs, notes
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("# commit "):
+                sha, _, subject = line[len("# commit "):].partition(" ")
+                commits.append((sha, subject))
+            elif line.startswith("# progress "):
+                notes = dict(kv.split("=", 1) for kv in line.split()[3:] if "=" in kv)
+                notes["date"] = line.split()[2]
+            elif line.startswith("RESULT "):
+                fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+                key = "{}:{}".format(fields.get("commit"), fields.get("label"))
+                runs.setdefault(key, []).append(fields)
+    return commits, runs, notes
+
+
+def progress(add, path):
+    """What was slow and what changed it: bench/progress.sh's figures."""
+    commits, runs, notes = parse_progress(path)
+    add("## What was slow and what changed it")
+    add("")
+    if not commits:
+        add("Not measured yet (`bench/progress.sh COMMIT...`).")
+        add("")
+        return
+    add("The router of each commit, oldest first, against the same load generator "
+        "(mr-load of commit {}), 2 workers, medians of {} runs, {}:".format(
+            notes.get("load", "?"), notes.get("runs", "?"), notes.get("date", "?")))
+    add("")
+    add("```")
+    add("bench/progress.sh " + " ".join(c for c, _ in commits))
+    add("```")
+    add("")
+    add("| commit | the change (its message) | up 100 x 50, packets/s | down 100 x 50, "
+        "packets/s | up 100 x 1, p50 ms | register, requests/s |")
+    add("|---|---|---|---|---|---|")
+    for sha, subject in commits:
+        def m(label, key, digits=0):
+            return fmt(median(runs, "{}:{}".format(sha, label), key), digits)
+        add("| {} | {} | {} | {} | {} | {} |".format(
+            sha, subject.replace("|", "/"), m("up-100x50", "rate"), m("down-100x50", "rate"),
+            m("up-100x1", "p50_ms", 3), m("register-50", "rate")))
+    add("")
+    add("What the profiles (perf, all processes) showed at each step is in the commit "
+        "messages (`git show COMMIT`); 100,000 connections are measured by `make bench-big` "
+        "only, and its changes are named in the 100,000-agent section above.")
+    add("")
 
 
 def write(path, directory):
@@ -324,7 +379,7 @@ def write(path, directory):
             [("rate", "rate", "requests/s", 0), ("latency p50", "p50", "ms", 3),
              ("latency p99", "p99", "ms", 3)])
     if big:
-        section("connect, 100,000 agents, heartbeats every 6 s for 12 s (make bench-big)",
+        section("connect, 100,000 agents, heartbeats every 6 s, RTT over 12 s from 6 s after all attached (make bench-big)",
                 big, "connect-100000",
                 [("agents attached", "attached", "", 0),
                  ("time to attach all", "attach_s", "s", 2),
@@ -362,6 +417,7 @@ def write(path, directory):
         "socket in one write. It is this machine's ceiling for the pattern, load generator "
         "included (mr-load's own CPU is in the figures above).")
     add("")
+    progress(add, os.path.join(directory, "progress.txt"))
     state, state_notes = parse(os.path.join(directory, "state.txt"))
     add("## State database (`make bench-state`)")
     add("")

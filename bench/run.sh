@@ -282,7 +282,9 @@ else
   say "open-file limit $FD_LIMIT: the router runs $WORKERS workers, mr-load $PROCS agent processes"
   echo "# big: workers=$WORKERS procs=$PROCS" >>"$RESULTS"
   for RUN_NO in $(seq "$RUNS"); do
-    run_load connect-100000 connect --agents 100000 --interval 6 --duration 12 \
+    # RTT is timed from one heartbeat interval after the last agent
+    # attached (--warmup 6): the steady state, not the connect storm.
+    run_load connect-100000 connect --agents 100000 --interval 6 --warmup 6 --duration 12 \
       --procs "$PROCS" --concurrency 500 --connect-timeout 300
   done
 fi

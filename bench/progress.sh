@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# bench/progress.sh COMMIT... -- what each change did: the router of every
+# commit given, against the same load generator (this tree's mr-load).
+#
+# Each commit is built in its own git worktree under $OUT/progress/ (the
+# libwebsockets of build/deps is shared) and measured BENCH_RUNS times (3)
+# on up 100 x 50, down 100 x 50, up 100 x 1 and register 50 clients, a
+# fresh router (2 workers) for every run. RESULT lines go to
+# $OUT/bench/progress.txt, which bench/report.py turns into the table
+# "What was slow and what changed it" of BENCHMARKS.md (make bench keeps
+# the file; this script does not rewrite BENCHMARKS.md itself).
+#
+# Env: OUT (build), BENCH_RUNS (3). About 2 minutes per commit.
+set -euo pipefail
+
+[ $# -ge 1 ] || { echo "usage: bench/progress.sh COMMIT..." >&2; exit 2; }
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-build}
+RUNS=${BENCH_RUNS:-3}
+PYTHON=${PYTHON:-/usr/bin/python3}
+LOAD=$ROOT/$OUT/mr-load
+RESULTS=$ROOT/$OUT/bench/progress.txt
+WT=$ROOT/$OUT/progress
+
+say() { echo "progress: $*" >&2; }
+die() { echo "progress: error: $*" >&2; exit 1; }
+
+[ -x "$LOAD" ] || die "$LOAD is missing (make $OUT/mr-load)"
+[ -f build/deps/.done ] || die "build/deps is missing (make deps)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+MAX_CONN=$(( $(ulimit -n) - 100 ))
+
+TMP=$(mktemp -d /tmp/mr-progress.XXXXXX)
+ROUTER_PID=
+stop_router() {
+  local i
+  [ -n "$ROUTER_PID" ] || return 0
+  kill -TERM "$ROUTER_PID" 2>/dev/null || true
+  for i in $(seq 100); do kill -0 "$ROUTER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$ROUTER_PID" 2>/dev/null || true
+  wait "$ROUTER_PID" 2>/dev/null || true
+  ROUTER_PID=
+}
+cleanup() { stop_router; rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$TMP/static" "$TMP/uploads" "$(dirname "$RESULTS")" "$WT"
+echo '<!doctype html><title>task</title>' >"$TMP/static/index.html"
+
+# build COMMIT: its router, in a worktree of its own; prints the binary.
+build() {
+  local sha dir
+  sha=$(git rev-parse --short=7 "$1^{commit}") || die "no such commit: $1"
+  dir=$WT/$sha
+  if [ ! -x "$dir/build/mephisto-router" ]; then
+    rm -rf "$dir"
+    git worktree prune
+    git worktree add --detach "$dir" "$sha" >/dev/null 2>&1 || die "cannot check out $sha"
+    mkdir -p "$dir/build"
+    ln -sfn "$ROOT/build/deps" "$dir/build/deps"
+    make -C "$dir" -j2 all >"$TMP/build-$sha.log" 2>&1 ||
+      { tail -n 20 "$TMP/build-$sha.log" >&2; die "$sha does not build"; }
+  fi
+  echo "$dir/build/mephisto-router"
+}
+
+start_router() { # start_router BINARY
+  local port i
+  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  rm -f "$TMP"/state.db*
+  cat >"$TMP/router.conf" <<EOF
+port = $port
+listen_address = 127.0.0.1
+workers = 2
+static_dir = $TMP/static
+upload_dir = $TMP/uploads
+state_path = $TMP/state.db
+log_level = warn
+max_connections = $MAX_CONN
+EOF
+  (cd "$TMP" && exec "$1" --config "$TMP/router.conf" >>"$TMP/router.log" 2>&1) &
+  ROUTER_PID=$!
+  ROUTER_PORT=$port
+  for i in $(seq 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/is_alive" 2>/dev/null && return 0
+    kill -0 "$ROUTER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 20 "$TMP/router.log" >&2
+  die "the router did not start"
+}
+
+echo "# progress $(date -u +%Y-%m-%dT%H:%M:%SZ) runs=$RUNS load=$(git rev-parse --short=7 HEAD)" >"$RESULTS"
+for c in "$@"; do
+  bin=$(build "$c")
+  sha=$(git rev-parse --short=7 "$c^{commit}")
+  subject=$(git log -1 --format=%s "$sha")
+  echo "# commit $sha $subject" >>"$RESULTS"
+  say "$sha: $subject"
+  for run in $(seq "$RUNS"); do
+    for sc in "up-100x50 up --agents 100 --window 50" "down-100x50 down --agents 100 --window 50" \
+              "up-100x1 up --agents 100 --window 1" "register-50 register --clients 50"; do
+      read -r label args <<<"$sc"
+      start_router "$bin"
+      # shellcheck disable=SC2086 # args is a word list
+      line=$("$LOAD" $args --duration 5 --url "ws://127.0.0.1:$ROUTER_PORT" --pid "$ROUTER_PID" |
+             grep '^RESULT' || true)
+      stop_router
+      [ -n "$line" ] || die "$sha $label: mr-load printed no RESULT"
+      echo "RESULT commit=$sha label=$label run=$run ${line#RESULT }" >>"$RESULTS"
+    done
+  done
+done
+say "results in $RESULTS"
