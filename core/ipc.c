@@ -2,10 +2,14 @@
 
 #include "log.h"
 
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 const char *ipc_type_name(enum ipc_type type)
 {
@@ -533,4 +537,20 @@ int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		snprintf(err, errlen, "msgpack unpacker error %d", (int)ret);
 		return -1;
 	}
+}
+
+void ipc_write(struct bufferevent *bev, const void *data, size_t len)
+{
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	ssize_t n = 0;
+
+	if (fd >= 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		do
+			n = send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			n = 0; /* EAGAIN, or an error the bufferevent will report */
+	}
+	if ((size_t)n < len)
+		bufferevent_write(bev, (const char *)data + n, len - (size_t)n);
 }

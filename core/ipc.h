@@ -129,4 +129,11 @@ void ipc_reader_consumed(struct ipc_reader *r, size_t n);
 int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		    size_t errlen);
 
+/* Hand len bytes of IPC output to bev: written to the socket at once when
+ * nothing is waiting in bev (what the socket does not take, and anything
+ * after an error, goes through bev as usual). Saves the loop turn and the
+ * two epoll_ctl() calls a bufferevent spends per write. */
+struct bufferevent;
+void ipc_write(struct bufferevent *bev, const void *data, size_t len);
+
 #endif

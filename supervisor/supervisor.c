@@ -214,7 +214,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 		if (w->out.size == 0)
 			continue;
 		if (w->bev != NULL)
-			bufferevent_write(w->bev, w->out.data, w->out.size);
+			ipc_write(w->bev, w->out.data, w->out.size);
 		msgpack_sbuffer_clear(&w->out);
 	}
 }

@@ -38,7 +38,7 @@ static struct bufferevent *ipc;
 static struct ipc_reader *reader;
 static msgpack_packer packer;
 static msgpack_sbuffer ipc_out; /* packed this loop turn; see ipc_flush_cb */
-static struct event *ipc_flush;
+static struct event *ipc_flush, *ipc_flush_late;
 static struct event *sig_term, *drain_tick;
 static int configured, paused, draining;
 static double drain_deadline;
@@ -54,11 +54,24 @@ static double now_monotonic(void)
 
 /* ---- IPC ---- */
 
-/* IPC is packed into ipc_out and handed to the bufferevent once per loop
- * turn: one evbuffer_add per turn instead of one per msgpack field. */
+/* IPC is packed into ipc_out and written in one piece when the loop is
+ * quiet: the flush event has the lowest priority, so it runs once no
+ * socket has input left to read (lws reads a WebSocket 1 KiB per wakeup,
+ * and flushing after each wakeup made many small writes and as many
+ * wakeups of the supervisor), or when IPC_FLUSH_BYTES are waiting, or
+ * IPC_FLUSH_USEC after the first byte (a timer: the loop may never be
+ * quiet). */
+#define IPC_FLUSH_BYTES (32 * 1024)
+#define IPC_FLUSH_USEC 200
+
 msgpack_packer *worker_ipc_packer(void)
 {
-	event_active(ipc_flush, EV_TIMEOUT, 0);
+	if (ipc_out.size == 0) {
+		struct timeval late = { 0, IPC_FLUSH_USEC };
+
+		event_active(ipc_flush, EV_TIMEOUT, 0);
+		evtimer_add(ipc_flush_late, &late);
+	}
 	return &packer;
 }
 
@@ -66,8 +79,9 @@ static void ipc_flush_out(void)
 {
 	if (ipc_out.size == 0)
 		return;
-	bufferevent_write(ipc, ipc_out.data, ipc_out.size);
+	ipc_write(ipc, ipc_out.data, ipc_out.size);
 	msgpack_sbuffer_clear(&ipc_out);
+	evtimer_del(ipc_flush_late);
 }
 
 static void ipc_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -123,6 +137,8 @@ static void set_paused(int on)
 
 void worker_ipc_check(void)
 {
+	if (ipc_out.size >= IPC_FLUSH_BYTES)
+		ipc_flush_out();
 	if (!paused && evbuffer_get_length(bufferevent_get_output(ipc)) + ipc_out.size >
 			       (size_t)worker_cfg.ipc_buffer_bytes)
 		set_paused(1);
@@ -528,7 +544,8 @@ int worker_main(int slot)
 	cfg = event_config_new();
 	if (cfg == NULL ||
 	    event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) < 0 ||
-	    (base = event_base_new_with_config(cfg)) == NULL)
+	    (base = event_base_new_with_config(cfg)) == NULL ||
+	    event_base_priority_init(base, 3) < 0) /* default 1; IPC flush 2 */
 		fatal("cannot create the event loop");
 	event_config_free(cfg);
 	evutil_make_socket_nonblocking(WORKER_IPC_FD);
@@ -541,6 +558,8 @@ int worker_main(int slot)
 	msgpack_sbuffer_init(&ipc_out);
 	msgpack_packer_init(&packer, &ipc_out, msgpack_sbuffer_write);
 	ipc_flush = evtimer_new(base, ipc_flush_cb, NULL);
+	event_priority_set(ipc_flush, 2); /* after everything else (priority 1) */
+	ipc_flush_late = evtimer_new(base, ipc_flush_cb, NULL);
 	sig_term = evsignal_new(base, SIGTERM, sigterm_cb, NULL);
 	evsignal_add(sig_term, NULL);
 	drain_tick = evtimer_new(base, drain_tick_cb, NULL);
@@ -574,6 +593,7 @@ int worker_main(int slot)
 	ipc_reader_free(reader);
 	event_free(sig_term);
 	event_free(ipc_flush);
+	event_free(ipc_flush_late);
 	msgpack_sbuffer_destroy(&ipc_out);
 	event_free(drain_tick);
 	event_free(accept_retry);
