@@ -25,6 +25,8 @@ WT=$ROOT/$OUT/progress
 
 say() { echo "progress: $*" >&2; }
 die() { echo "progress: error: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 [ -x "$LOAD" ] || die "$LOAD is missing (make $OUT/mr-load)"
 [ -f build/deps/.done ] || die "build/deps is missing (make deps)"
@@ -33,20 +35,12 @@ MAX_CONN=$(( $(ulimit -n) - 100 ))
 
 TMP=$(mktemp -d /tmp/mr-progress.XXXXXX)
 ROUTER_PID=
-stop_router() {
-  local i
-  [ -n "$ROUTER_PID" ] || return 0
-  kill -TERM "$ROUTER_PID" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$ROUTER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$ROUTER_PID" 2>/dev/null || true
-  wait "$ROUTER_PID" 2>/dev/null || true
-  ROUTER_PID=
-}
+stop_router() { bench_stop "$ROUTER_PID" router; ROUTER_PID=; }
 cleanup() { stop_router; rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$TMP/static" "$TMP/uploads" "$(dirname "$RESULTS")" "$WT"
+mkdir -p "$TMP/static" "$(dirname "$RESULTS")" "$WT"
 echo '<!doctype html><title>task</title>' >"$TMP/static/index.html"
 
 # build COMMIT: its router, in a worktree of its own; prints the binary.
@@ -66,32 +60,6 @@ build() {
   echo "$dir/build/mephisto-router"
 }
 
-start_router() { # start_router BINARY
-  local port i
-  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  rm -f "$TMP"/state.db*
-  cat >"$TMP/router.conf" <<EOF
-port = $port
-listen_address = 127.0.0.1
-workers = 2
-static_dir = $TMP/static
-upload_dir = $TMP/uploads
-state_path = $TMP/state.db
-log_level = warn
-max_connections = $MAX_CONN
-EOF
-  (cd "$TMP" && exec "$1" --config "$TMP/router.conf" >>"$TMP/router.log" 2>&1) &
-  ROUTER_PID=$!
-  ROUTER_PORT=$port
-  for i in $(seq 100); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/is_alive" 2>/dev/null && return 0
-    kill -0 "$ROUTER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -n 20 "$TMP/router.log" >&2
-  die "the router did not start"
-}
-
 echo "# progress $(date -u +%Y-%m-%dT%H:%M:%SZ) runs=$RUNS load=$(git rev-parse --short=7 HEAD)" >"$RESULTS"
 for c in "$@"; do
   bin=$(build "$c")
@@ -103,7 +71,7 @@ for c in "$@"; do
     for sc in "up-100x50 up --agents 100 --window 50" "down-100x50 down --agents 100 --window 50" \
               "up-100x1 up --agents 100 --window 1" "register-50 register --clients 50"; do
       read -r label args <<<"$sc"
-      start_router "$bin"
+      bench_start_router "$bin" "$TMP" 2 "$MAX_CONN"
       # shellcheck disable=SC2086 # args is a word list
       line=$("$LOAD" $args --duration 5 --url "ws://127.0.0.1:$ROUTER_PORT" --pid "$ROUTER_PID" |
              grep '^RESULT' || true)

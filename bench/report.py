@@ -156,6 +156,62 @@ def target(desc, value, ok, measured_text, node=""):
     return "| {} | {} | {} | {} |".format(desc, measured_text, verdict, node)
 
 
+# What perf showed for the targets still open (perf record -a -g for 3 s in
+# the middle of each mr-load run, 2 workers, commit e13f9f0). Static text:
+# it is a finding, not a figure of these runs; the figures next to it are.
+PROFILE_COMMIT = "e13f9f0"
+
+
+def not_met(add, std, up, down, p50_1, reg, echo_up, echo_down):
+    """Why each target still missed is missed, where the profile says."""
+    lines = []
+    if down is not None and down < 250000:
+        lines.append(
+            "- **down >= 250,000 packets/s**: the router does {} = {} of mr-echo's {} on the "
+            "same pattern, and mr-echo (one process, no parsing, no routing, every frame "
+            "for a socket in one write) is itself about at the target. A profile of the "
+            "router's down run (commit {}) had every process busy (3% idle): the workers "
+            "spent more time in `send()` than in anything else (18% of all samples), "
+            "about one per packet because the backend's packets go round-robin to 100 "
+            "agents, so an agent rarely has more than one waiting per loop turn; mr-load "
+            "took 27% and the supervisor 11%. What is left is the price of the extra "
+            "hops (worker, supervisor, worker) on two shared cores.".format(
+                fmt(down), fmt(down / echo_down, 2) if echo_down else "n/a",
+                fmt(echo_down), PROFILE_COMMIT))
+    if up is not None and echo_up and up / echo_up < 0.5:
+        eload = median(std, "echo-up-100x50", "load_cpu_pct")
+        lines.append(
+            "- **up at least half the echo limit**: the echo figure ({}) is the load "
+            "generator's ceiling, not mr-echo's (mr-load {}% of a core, mr-echo {}%), so "
+            "the ratio compares the router with a limit no server reaches on this "
+            "machine with this generator: with the router, mr-load and the router's "
+            "three processes share two cores.".format(
+                fmt(echo_up), fmt(eload), fmt(median(std, "echo-up-100x50", "router_cpu_pct"))))
+    if p50_1 is not None and p50_1 >= 0.5:
+        e1 = median(std, "echo-up-100x1", "p50_ms")
+        lines.append(
+            "- **p50 < 0.5 ms at 1 in flight**: {} ms. A packet crosses the agent's "
+            "worker, the supervisor and the backend's worker, three wakeups of processes "
+            "that share two cores with mr-load's 100 agents; mr-echo, one process, takes "
+            "{} ms for the same trip.".format(fmt(p50_1, 3), fmt(e1, 3)))
+    if reg is not None and reg < 40000:
+        lines.append(
+            "- **register >= 40,000/s**: {} requests/s. Each round trip is an HTTP "
+            "request parsed by lws, a packet through the supervisor to the backend's "
+            "worker, the backend's answer back the same way, and the HTTP answer. The "
+            "profile (commit {}) had 7% idle; of the workers' time 43% went to the "
+            "kernel (socket I/O), 23% to libc (allocation, number formatting), 14% to "
+            "jansson (the request body and the register_agent packet) and 13% to lws "
+            "and the router's own code.".format(fmt(reg), PROFILE_COMMIT))
+    if not lines:
+        return
+    add("### Targets not met, and why")
+    add("")
+    for line in lines:
+        add(line)
+    add("")
+
+
 def parse_progress(path):
     """([(commit, subject), ...] in order, runs keyed "commit:label")."""
     commits, runs, notes = [], {}, {}
@@ -316,6 +372,7 @@ def write(path, directory):
                1 if once else None, bool(once) and all(once),
                "{} runs checked".format(sum(len(std.get(l, [])) for l in flows))))
     add("")
+    not_met(add, std, up, down, p50_1, reg, echo_up, echo_down)
 
     # ---- figures ----
     add("## Figures")

@@ -33,6 +33,8 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 for b in mephisto-router mr-load mr-echo; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing (make all $OUT/mr-load $OUT/mr-echo)"
@@ -42,24 +44,8 @@ TMP=$(mktemp -d /tmp/mr-bench.XXXXXX)
 ROUTER_PID=
 ECHO_PID=
 
-stop_pid() { # stop_pid PID NAME: SIGTERM, then SIGKILL after 10 s
-  local pid=$1 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "$2 (pid $pid) did not stop in 10 s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-stop_router() { stop_pid "$ROUTER_PID" router; ROUTER_PID=; }
-stop_echo() { stop_pid "$ECHO_PID" mr-echo; ECHO_PID=; }
+stop_router() { bench_stop "$ROUTER_PID" router; ROUTER_PID=; }
+stop_echo() { bench_stop "$ECHO_PID" mr-echo; ECHO_PID=; }
 
 cleanup() {
   local rc=$?
@@ -89,10 +75,6 @@ FD_LIMIT=$(ulimit -n)
 # The worker refuses to start when the limit is below max_connections + 64.
 MAX_CONN=$((FD_LIMIT - 100))
 
-free_port() {
-  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # ---- the router ----
 
 WORKERS=2
@@ -101,37 +83,13 @@ printf '<!doctype html><html><head><title>task</title></head><body><div id="app"
 # a small static file: the per-request cost, not the bandwidth
 head -c 137 /dev/zero | tr '\0' 'x' >"$TMP/static/hello.txt"
 
-start_router() {
-  local port i
-  port=$(free_port)
-  rm -f "$TMP"/state.db*
-  cat >"$TMP/router.conf" <<EOF
-port = $port
-listen_address = 127.0.0.1
-workers = $WORKERS
-static_dir = $TMP/static
-upload_dir = $TMP/uploads
-state_path = $TMP/state.db
-log_level = warn
-max_connections = $MAX_CONN
-EOF
-  (cd "$TMP" && exec "$BIN/mephisto-router" --config "$TMP/router.conf" >>"$TMP/router.log" 2>&1) &
-  ROUTER_PID=$!
-  ROUTER_PORT=$port
-  for i in $(seq 100); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$port/is_alive" 2>/dev/null; then return 0; fi
-    kill -0 "$ROUTER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -n 20 "$TMP/router.log" >&2
-  die "the router did not start"
-}
+start_router() { bench_start_router "$BIN/mephisto-router" "$TMP" "$WORKERS" "$MAX_CONN"; }
 
 start_echo() {
-  ECHO_PORT=$(free_port)
+  ECHO_PORT=$(bench_free_port)
   "$BIN/mr-echo" --port "$ECHO_PORT" >"$TMP/echo.log" 2>&1 &
   ECHO_PID=$!
-  for i in $(seq 50); do
+  for _ in $(seq 50); do
     grep -q listening "$TMP/echo.log" 2>/dev/null && return 0
     sleep 0.1
   done

@@ -22,15 +22,10 @@ ROUTER_PID=
 
 say() { echo "bench-state: $*" >&2; }
 die() { echo "bench-state: error: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
-stop_router() {
-  [ -n "$ROUTER_PID" ] || return 0
-  kill -TERM "$ROUTER_PID" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$ROUTER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$ROUTER_PID" 2>/dev/null || true
-  wait "$ROUTER_PID" 2>/dev/null || true
-  ROUTER_PID=
-}
+stop_router() { bench_stop "$ROUTER_PID" router; ROUTER_PID=; }
 cleanup() { local rc=$?; stop_router; rm -rf "$TMP"; exit $rc; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -41,7 +36,7 @@ done
 command -v sqlite3 >/dev/null || die "sqlite3 is missing (dist/deps.sh installs it)"
 mkdir -p "$BIN/bench" "$TMP/static"
 echo ok >"$TMP/static/index.html"
-PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(bench_free_port)
 
 # start_router STATE_PATH: start, wait until /is_alive answers; sets
 # ROUTER_PID and SERVING_S (seconds from start to the first answer).
