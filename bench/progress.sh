@@ -5,7 +5,8 @@
 # Each commit is built in its own git worktree under $OUT/progress/ (the
 # libwebsockets of build/deps is shared) and measured BENCH_RUNS times (3)
 # on up 100 x 50, down 100 x 50, up 100 x 1 and register 50 clients, a
-# fresh router (2 workers) for every run. RESULT lines go to
+# fresh router (2 workers) for every run, run by run over all the commits
+# (the machine's speed drifts). RESULT lines go to
 # $OUT/bench/progress.txt, which bench/report.py turns into the table
 # "What was slow and what changed it" of BENCHMARKS.md (make bench keeps
 # the file; this script does not rewrite BENCHMARKS.md itself).
@@ -61,17 +62,24 @@ build() {
 }
 
 echo "# progress $(date -u +%Y-%m-%dT%H:%M:%SZ) runs=$RUNS load=$(git rev-parse --short=7 HEAD)" >"$RESULTS"
+declare -A BIN_OF
+SHAS=()
 for c in "$@"; do
-  bin=$(build "$c")
-  sha=$(git rev-parse --short=7 "$c^{commit}")
-  subject=$(git log -1 --format=%s "$sha")
-  echo "# commit $sha $subject" >>"$RESULTS"
-  say "$sha: $subject"
-  for run in $(seq "$RUNS"); do
+  sha=$(git rev-parse --short=7 "$c^{commit}") || die "no such commit: $c"
+  BIN_OF[$sha]=$(build "$c")
+  SHAS+=("$sha")
+  echo "# commit $sha $(git log -1 --format=%s "$sha")" >>"$RESULTS"
+done
+# Run by run over all the commits, not commit by commit: the machine's
+# speed drifts (other tenants of the host), and a drift must not pass for
+# the effect of a change.
+for run in $(seq "$RUNS"); do
+  for sha in "${SHAS[@]}"; do
+    say "run $run: $sha"
     for sc in "up-100x50 up --agents 100 --window 50" "down-100x50 down --agents 100 --window 50" \
               "up-100x1 up --agents 100 --window 1" "register-50 register --clients 50"; do
       read -r label args <<<"$sc"
-      bench_start_router "$bin" "$TMP" 2 "$MAX_CONN"
+      bench_start_router "${BIN_OF[$sha]}" "$TMP" 2 "$MAX_CONN"
       # shellcheck disable=SC2086 # args is a word list
       line=$("$LOAD" $args --duration 5 --url "ws://127.0.0.1:$ROUTER_PORT" --pid "$ROUTER_PID" |
              grep '^RESULT' || true)
