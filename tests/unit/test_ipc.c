@@ -1,5 +1,6 @@
 /* Unit tests of the IPC codec: every message round trip; truncated,
- * oversized and garbage input. */
+ * oversized and garbage input; ipc_write() keeps order across short
+ * writes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,9 +9,14 @@
 
 #include "../../core/ipc.h"
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static char err[512];
 
@@ -342,6 +348,59 @@ static void test_random_bytes(void **state)
 	}
 }
 
+/* ipc_write() sends at once what the socket takes and queues the rest in
+ * the bufferevent; a later call must queue behind it, not jump ahead. A
+ * small socket buffer makes the first write short. */
+static void test_ipc_write_keeps_order(void **state)
+{
+	enum { N = 4, CHUNK = 300000 };
+	struct event_base *base = event_base_new();
+	struct bufferevent *bev;
+	unsigned char *sent = malloc((size_t)N * CHUNK), *got = malloc((size_t)N * CHUNK);
+	size_t have = 0;
+	int sv[2], small = 4096, rounds = 0;
+
+	(void)state;
+	assert_non_null(base);
+	assert_non_null(sent);
+	assert_non_null(got);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+	assert_int_equal(evutil_make_socket_nonblocking(sv[0]), 0);
+	assert_int_equal(evutil_make_socket_nonblocking(sv[1]), 0);
+	bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	assert_non_null(bev);
+	bufferevent_enable(bev, EV_WRITE);
+	for (size_t i = 0; i < (size_t)N * CHUNK; i++)
+		sent[i] = (unsigned char)(i * 7 + i / 251);
+	for (int k = 0; k < N; k++) {
+		ssize_t n;
+
+		ipc_write(bev, sent + (size_t)k * CHUNK, CHUNK);
+		/* the socket took only part: the rest waits in the bufferevent */
+		assert_true(evbuffer_get_length(bufferevent_get_output(bev)) > 0);
+		/* Room in the socket again, the loop not run: the next call
+		 * could send at once, and must not (it would jump the queue). */
+		n = read(sv[1], got + have, 65536);
+		if (n > 0)
+			have += (size_t)n;
+	}
+	while (have < (size_t)N * CHUNK && rounds++ < 100000) {
+		ssize_t n = read(sv[1], got + have, (size_t)N * CHUNK - have);
+
+		if (n > 0)
+			have += (size_t)n;
+		event_base_loop(base, EVLOOP_NONBLOCK);
+	}
+	assert_int_equal(have, (size_t)N * CHUNK);
+	assert_memory_equal(got, sent, (size_t)N * CHUNK);
+	bufferevent_free(bev);
+	close(sv[1]);
+	event_base_free(base);
+	free(sent);
+	free(got);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -351,6 +410,7 @@ int main(void)
 		cmocka_unit_test(test_oversized),
 		cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_random_bytes),
+		cmocka_unit_test(test_ipc_write_keeps_order),
 	};
 	return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);
 }
