@@ -615,3 +615,10 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 		return 0;
 	return wire_parse_json(text, len, now, backend_max, out, why, whylen);
 }
+
+void wire_free_all(void)
+{
+	free(F.buf);
+	free(F.slots);
+	memset(&F, 0, sizeof F);
+}

@@ -31,6 +31,9 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 		    struct wire_packet *out, char *why, size_t whylen);
 void wire_packet_free(struct wire_packet *p);
 
+/* Free the fast path's buffers (at exit: they are reused between packets). */
+void wire_free_all(void);
+
 /* Epoch seconds, as the protocol's timestamps. */
 double wire_now(void);
 

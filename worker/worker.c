@@ -10,6 +10,7 @@
 #include "../core/ipc.h"
 #include "../core/log.h"
 #include "../supervisor/supervisor.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -575,6 +576,7 @@ int worker_main(int slot)
 		lws_context_destroy(context);
 	ws_free_all();
 	http_free_all();
+	wire_free_all();
 	if (ipc != NULL) {
 		/* Hand the supervisor everything still buffered (closes, packets
 		 * that could not be written): blocking, at most 2 s. */

@@ -305,5 +305,8 @@ int main(void)
 		cmocka_unit_test(test_mutations_agree),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+
+	wire_free_all();
+	return failed;
 }
