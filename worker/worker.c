@@ -284,7 +284,7 @@ static void accept_failed(int err)
 /* One connection per wakeup, not all that are waiting: every worker is
  * woken for the shared socket, and a worker that took the whole backlog
  * in one go (as evconnlistener does) ended up with most of a burst of
- * connections (92/8 splits of 100 agents), so one process did most of the
+ * connections (92/9 splits of 100 agents), so one process did most of the
  * work while the other idled. Taking one and going back to the loop lets
  * whichever worker is free take the next. */
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
