@@ -503,7 +503,7 @@ static const yajl_callbacks fast_callbacks = {
  * (jansson refuses lone surrogates and \u0000), and the UTF-8 that yajl's
  * check lets through but jansson's does not: overlong forms (C0, C1;
  * E0 80-9F; F0 80-8F), encoded surrogates (ED A0-BF) and code points
- * above U+10FFFF (F4 90-BF, F5-F7). yajl checks the rest (lead and continuation
+ * above U+10FFFF (F4 90-BF, F5-F7); and \v or \f between tokens. yajl checks the rest (lead and continuation
  * bytes), so these second-byte ranges are all that is left to look at. */
 static int jansson_only(const char *text, size_t len)
 {
@@ -515,6 +515,11 @@ static int jansson_only(const char *text, size_t len)
 			return 1;
 		p += 2; /* past the escaped character, so \\u is not one */
 	}
+	/* yajl also takes \v and \f for whitespace between tokens; JSON (and
+	 * jansson) does not, and inside strings raw control bytes are refused
+	 * by both, so either anywhere means jansson's answer. */
+	if (memchr(text, '\v', len) != NULL || memchr(text, '\f', len) != NULL)
+		return 1;
 	for (size_t i = 0; i < len; i++) {
 		unsigned c = u[i], d;
 

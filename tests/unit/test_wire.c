@@ -116,6 +116,11 @@ static const char *cases[] = {
 	"{\"packet_type\":\"alive\",\"subject_id\":\"a\xc3\"}",
 	"{\"packet_type\":\"alive\",\"subject_id\":\"\x80\"}",
 	"{\"packet_type\":\"alive\",\"subject_id\":\"a\\\\u\"}",
+	"{\"packet_type\":\"alive\",\f\"subject_id\":\"a\"}",
+	"\v{\"packet_type\":\"alive\",\"subject_id\":\"a\"}",
+	"{\"packet_type\":\"alive\",\"subject_id\":\"a\"}\f",
+	"{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"x\":[1,\v2]}",
+	"{\"packet_type\":\"alive\",\r\n\t\"subject_id\":\"a\"}\r\n",
 	"{\"packet_type\":\"mephisto_bound_live_update\",\"subject_id\":\"a\",\"data\":{\"p\":\""
 	"0123456789012345678901234567890123456789012345678901234567890123456789"
 	"0123456789012345678901234567890123456789012345678901234567890123456789\"}}",
@@ -255,7 +260,7 @@ static void test_deep_nesting(void **state)
  * from an alphabet that makes JSON (and breaks it) often. Fixed seed. */
 static void test_mutations_agree(void **state)
 {
-	static const char alphabet[] = "{}[]\":,\\u0019aeE+-. \tnulltruefalse"
+	static const char alphabet[] = "{}[]\":,\\u0019aeE+-. \t\n\r\v\fnulltruefalse"
 		"\xc0\xc3\xa9\xe0\xed\xf0\xf4\x80\x8f\x90\xa0\xbf\xff";
 	char buf[1024];
 	unsigned seed = 12345;
