@@ -314,9 +314,10 @@ static size_t frame_header(unsigned char *h, size_t len)
  * sends first, before any frame of its own, such as a close or a pong). */
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
-	int budget = 64;
+	int budget = 64, n_ok;
 
 	while (c->head != NULL && budget > 0) {
+		struct out_msg *framed = NULL, **framed_tail = &framed;
 		size_t used = LWS_PRE;
 
 		while (c->head != NULL && budget > 0 && used - LWS_PRE < BATCH_BYTES) {
@@ -334,10 +335,24 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			if (c->head == NULL)
 				c->tail = NULL;
 			c->queued_bytes -= m->len;
-			out_free(m);
+			m->next = NULL; /* kept until the write says where it went */
+			*framed_tail = m;
+			framed_tail = &m->next;
 			budget--;
 		}
-		if (lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) < 0) {
+		/* lws_write() fails only when send() did, with nothing of this
+		 * batch taken: those packets go back to the supervisor. */
+		n_ok = lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) >= 0;
+		while (framed != NULL) {
+			struct out_msg *m = framed;
+
+			framed = m->next;
+			if (n_ok)
+				out_free(m);
+			else
+				bounce(m);
+		}
+		if (!n_ok) {
 			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
 			return -1;
 		}
