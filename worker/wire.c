@@ -199,6 +199,8 @@ void wire_packet_free(struct wire_packet *p)
  * place, and tests/unit/test_wire.c checks that the two agree. */
 
 #define FAST_MAX_DEPTH 64
+#define FAST_KEEP_BYTES (1 << 20) /* buffers past these sizes are not kept */
+#define FAST_KEEP_SLOTS 65536
 
 enum fast_key {
 	FK_OTHER,
@@ -546,6 +548,15 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 
 	if (jansson_only(text, len))
 		return 0;
+	if (F.buf_cap > FAST_KEEP_BYTES || F.nslots > FAST_KEEP_SLOTS) {
+		/* Grown for a huge message: not kept for the next ones. */
+		free(F.buf);
+		free(F.slots);
+		F.buf = NULL;
+		F.slots = NULL;
+		F.buf_cap = 0;
+		F.nslots = 0;
+	}
 	F.depth = 0;
 	F.serial = F.next_serial = F.data_serial = 0;
 	F.serials[0] = 0;

@@ -268,6 +268,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 }
 
 #define BATCH_BYTES (64 * 1024) /* a write stops growing past this */
+#define BATCH_KEEP (256 * 1024)  /* a bigger buffer is not kept */
 #define FRAME_HEADER_MAX 10
 
 static void batch_room(size_t need)
@@ -351,6 +352,11 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 				out_free(m);
 			else
 				bounce(m);
+		}
+		if (batch_cap > BATCH_KEEP) { /* after a huge message: give it back */
+			free(batch);
+			batch = NULL;
+			batch_cap = 0;
 		}
 		if (!n_ok) {
 			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);

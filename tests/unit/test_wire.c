@@ -256,6 +256,30 @@ static void test_deep_nesting(void **state)
 	}
 }
 
+/* A message with 40,000 keys grows the duplicate table past what is kept
+ * between packets; the next packets, with the table given back, and a big
+ * one with a duplicate deep in it, still agree with jansson. */
+static void test_many_keys(void **state)
+{
+	enum { KEYS = 40000 };
+	size_t cap = (size_t)KEYS * 24 + 256, n;
+	char *text = malloc(cap);
+
+	(void)state;
+	assert_non_null(text);
+	for (int dup = 0; dup < 2; dup++) {
+		n = (size_t)snprintf(text, cap, "{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"data\":{");
+		for (int k = 0; k < KEYS; k++)
+			n += (size_t)snprintf(text + n, cap - n, "%s\"k%d\":%d", k ? "," : "", k, k);
+		if (dup)
+			n += (size_t)snprintf(text + n, cap - n, ",\"k%d\":0", KEYS / 2);
+		n += (size_t)snprintf(text + n, cap - n, "}}");
+		assert_int_equal(check_one(text, n, (size_t)-1), !dup);
+		assert_true(check_one(cases[0], strlen(cases[0]), BACKEND_MAX));
+	}
+	free(text);
+}
+
 /* Random mutations of the cases: a byte replaced, inserted or removed,
  * from an alphabet that makes JSON (and breaks it) often. Fixed seed. */
 static void test_mutations_agree(void **state)
@@ -307,6 +331,7 @@ int main(void)
 		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_backend_max),
 		cmocka_unit_test(test_deep_nesting),
+		cmocka_unit_test(test_many_keys),
 		cmocka_unit_test(test_mutations_agree),
 	};
 
