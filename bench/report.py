@@ -19,8 +19,9 @@ import sys
 # ---- reading ----
 
 
-def parse(path):
-    """{label: [ {key: value}, ... one per run ]} and the header comments."""
+def parse(path, key=lambda fields: fields.get("label"), comments=None):
+    """{key: [ {field: value}, ... one per run ]} and the header comments'
+    key=value pairs; the comment lines themselves go to comments (a list)."""
     runs, notes = {}, {}
     if not os.path.exists(path):
         return runs, notes
@@ -28,6 +29,8 @@ def parse(path):
         for line in f:
             line = line.strip()
             if line.startswith("# "):
+                if comments is not None:
+                    comments.append(line[2:])
                 for kv in line[2:].split():
                     if "=" in kv:
                         k, v = kv.split("=", 1)
@@ -36,9 +39,9 @@ def parse(path):
             if not line.startswith("RESULT "):
                 continue
             fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
-            label = fields.get("label")
-            if label:
-                runs.setdefault(label, []).append(fields)
+            k = key(fields)
+            if k:
+                runs.setdefault(k, []).append(fields)
     return runs, notes
 
 
@@ -170,7 +173,8 @@ def not_met(add, std, up, down, p50_1, reg, echo_up, echo_down):
             "- **down >= 250,000 packets/s**: the router does {} = {} of mr-echo's {} on the "
             "same pattern, and mr-echo (one process, no parsing, no routing, every frame "
             "for a socket in one write) is itself about at the target. A profile of the "
-            "router's down run (commit {}) had every process busy (3% idle): the workers "
+            "router's down run (commit {}, `perf record -a -g -- sleep 3` during "
+            "`mr-load down --agents 100 --window 50`) had every process busy (3% idle): the workers "
             "spent more time in `send()` than in anything else (18% of all samples), "
             "about one per packet because the backend's packets go round-robin to 100 "
             "agents, so an agent rarely has more than one waiting per loop turn; mr-load "
@@ -204,7 +208,8 @@ def not_met(add, std, up, down, p50_1, reg, echo_up, echo_down):
             "- **register >= 40,000/s**: {} requests/s. Each round trip is an HTTP "
             "request parsed by lws, a packet through the supervisor to the backend's "
             "worker, the backend's answer back the same way, and the HTTP answer. The "
-            "profile (commit {}) had 7% idle; of the workers' time 43% went to the "
+            "profile (commit {}, `perf record -a -g -- sleep 3` during `mr-load register "
+            "--clients 50`) had 7% idle; of the workers' time 43% went to the "
             "kernel (socket I/O), 23% to libc (allocation, number formatting), 14% to "
             "jansson (the request body and the register_agent packet) and 13% to lws "
             "and the router's own code.".format(fmt(reg), PROFILE_COMMIT))
@@ -218,23 +223,17 @@ def not_met(add, std, up, down, p50_1, reg, echo_up, echo_down):
 
 
 def parse_progress(path):
-    """([(commit, subject), ...] in order, runs keyed "commit:label")."""
-    commits, runs, notes = [], {}, {}
-    if not os.path.exists(path):
-        return commits, runs, notes
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("# commit "):
-                sha, _, subject = line[len("# commit "):].partition(" ")
-                commits.append((sha, subject))
-            elif line.startswith("# progress "):
-                notes = dict(kv.split("=", 1) for kv in line.split()[3:] if "=" in kv)
-                notes["date"] = line.split()[2]
-            elif line.startswith("RESULT "):
-                fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
-                key = "{}:{}".format(fields.get("commit"), fields.get("label"))
-                runs.setdefault(key, []).append(fields)
+    """([(commit, subject), ...] in order, runs keyed "commit:label", notes)."""
+    comments = []
+    runs, notes = parse(path, key=lambda f: "{}:{}".format(f.get("commit"), f.get("label")),
+                        comments=comments)
+    commits = []
+    for c in comments:
+        words = c.split(" ", 2)
+        if words[0] == "commit" and len(words) == 3:
+            commits.append((words[1], words[2]))
+        elif words[0] == "progress" and len(words) > 1:
+            notes["date"] = words[1].split()[0]
     return commits, runs, notes
 
 
@@ -314,9 +313,9 @@ def write(path, directory):
         "went to neither the router nor mr-load nor interrupts during the measured "
         "window (work of other users of the machine), as % of one core.")
     add("- This machine is a VM whose speed drifts with the load of its host: "
-        "bench/progress.sh measured the same router (115f251, up 100 x 50) at 234,493 "
-        "and 338,261 packets/s an hour apart on 2026-11-25, with nothing else running "
-        "here. Compare figures taken in one sitting (one `make bench`, or the "
+        "two runs of `bench/progress.sh` an hour apart on 2026-11-25 measured the same "
+        "router (115f251, up 100 x 50) at 234,493 and 338,261 packets/s, with nothing "
+        "else running here. Compare figures taken in one sitting (one `make bench`, or the "
         "progress table, which interleaves its commits for this reason).")
     add("")
     add("## Commands")

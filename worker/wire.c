@@ -185,11 +185,11 @@ void wire_packet_free(struct wire_packet *p)
  *
  * jansson builds a tree, an allocation per value and a hash table per
  * object, and lexes a character at a time through a function pointer:
- * 2.4 us per wire_parse() of a 150-byte live update here (a loop of a
- * million), the largest single cost of a worker. yajl (a streaming,
- * validating parser: strict JSON, UTF-8 checked, numbers range-checked
- * like jansson's) builds nothing; with the callbacks below, which keep
- * only the fields routing needs, the same call takes 0.75 us.
+ * in profiles of mr-load up and down it was the largest single cost of a
+ * worker. yajl (a streaming, validating parser: UTF-8 checked, numbers
+ * range-checked like jansson's) builds nothing; the callbacks below keep
+ * only the fields routing needs. What it changed: BENCHMARKS.md, "What
+ * was slow and what changed it" (commit 61a75da).
  *
  * The fast path only ever accepts: anything unusual (an error of any
  * kind, a duplicated key, a \u escape, \u0000, a null or missing field
@@ -214,8 +214,7 @@ enum fast_key {
 };
 
 struct fast_str {
-	const unsigned char *s; /* yajl's; copied before the next callback */
-	size_t off, len;        /* in fast.strings */
+	size_t off, len; /* a copy in F.buf */
 	int set;
 };
 
