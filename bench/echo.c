@@ -17,6 +17,8 @@
  * the discipline of lws's examples (and of the router's worker, ws.c). */
 #include "bench.h"
 
+#include "../core/wsframe.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/listener.h>
@@ -65,7 +67,7 @@ static void oom(void)
 
 static void enqueue(struct econn *c, const char *msg, size_t len)
 {
-	size_t need = LWS_PRE + c->out_len + len + 10;
+	size_t need = LWS_PRE + c->out_len + len + WS_FRAME_HEADER_MAX;
 	unsigned char *p;
 
 	if (c->out_len - c->out_off + len > OUT_MAX) {
@@ -77,7 +79,7 @@ static void enqueue(struct econn *c, const char *msg, size_t len)
 			c->out_len - c->out_off);
 		c->out_len -= c->out_off;
 		c->out_off = 0;
-		need = LWS_PRE + c->out_len + len + 10;
+		need = LWS_PRE + c->out_len + len + WS_FRAME_HEADER_MAX;
 	}
 	if (need > c->out_cap) {
 		size_t cap = c->out_cap ? c->out_cap : 4096;
@@ -89,18 +91,7 @@ static void enqueue(struct econn *c, const char *msg, size_t len)
 		c->out_cap = cap;
 	}
 	p = c->out + LWS_PRE + c->out_len;
-	*p++ = 0x81;
-	if (len < 126) {
-		*p++ = (unsigned char)len;
-	} else if (len < 65536) {
-		*p++ = 126;
-		*p++ = (unsigned char)(len >> 8);
-		*p++ = (unsigned char)len;
-	} else {
-		*p++ = 127;
-		for (int s = 56; s >= 0; s -= 8)
-			*p++ = (unsigned char)((uint64_t)len >> s);
-	}
+	p += ws_text_frame_header(p, len);
 	memcpy(p, msg, len);
 	p += len;
 	c->out_len = (size_t)(p - (c->out + LWS_PRE));

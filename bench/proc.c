@@ -78,11 +78,50 @@ static int read_stat(int pid, struct stat_fields *f)
 	return 0;
 }
 
-void proc_sample(int pid, struct proc_sample *s)
+/* Call fn for every process in /proc whose stat could be read; -1 when
+ * /proc cannot be listed. */
+static int for_each_proc(void (*fn)(int pid, const struct stat_fields *f, void *arg),
+			 void *arg)
 {
 	struct stat_fields f;
 	struct dirent *d;
-	DIR *dir;
+	DIR *dir = opendir("/proc");
+
+	if (dir == NULL)
+		return -1;
+	while ((d = readdir(dir)) != NULL) {
+		int pid;
+
+		if (!isdigit((unsigned char)d->d_name[0]))
+			continue;
+		pid = atoi(d->d_name);
+		if (read_stat(pid, &f) == 0)
+			fn(pid, &f, arg);
+	}
+	closedir(dir);
+	return 0;
+}
+
+struct sample_walk {
+	struct proc_sample *s;
+	int root;
+};
+
+static void add_child(int pid, const struct stat_fields *f, void *arg)
+{
+	struct sample_walk *w = arg;
+
+	if (pid == w->root || f->ppid != w->root)
+		return;
+	w->s->nprocs++;
+	w->s->rss += f->rss;
+	w->s->cpu += f->cpu;
+}
+
+void proc_sample(int pid, struct proc_sample *s)
+{
+	struct stat_fields f;
+	struct sample_walk w = { s, pid };
 
 	memset(s, 0, sizeof *s);
 	s->at = now_mono();
@@ -92,22 +131,7 @@ void proc_sample(int pid, struct proc_sample *s)
 	s->nprocs = 1;
 	s->rss = f.rss;
 	s->cpu = f.cpu;
-	dir = opendir("/proc");
-	if (dir == NULL)
-		return;
-	while ((d = readdir(dir)) != NULL) {
-		int child;
-
-		if (!isdigit((unsigned char)d->d_name[0]))
-			continue;
-		child = atoi(d->d_name);
-		if (child == pid || read_stat(child, &f) < 0 || f.ppid != pid)
-			continue;
-		s->nprocs++;
-		s->rss += f.rss;
-		s->cpu += f.cpu;
-	}
-	closedir(dir);
+	for_each_proc(add_child, &w);
 }
 
 double proc_self_cpu(void)
@@ -137,68 +161,73 @@ static int cmp_int(const void *a, const void *b)
 	return *(const int *)a - *(const int *)b;
 }
 
+struct others_walk {
+	struct others *o;
+	int root;
+	double used;
+};
+
+static void remember_other(int pid, const struct stat_fields *f, void *arg)
+{
+	struct others_walk *w = arg;
+	struct others *o = w->o;
+
+	if (o->cap < 0 || f->kthread || excluded(pid, f, w->root))
+		return;
+	if (o->n == o->cap) {
+		struct other_entry *e;
+
+		o->cap = o->cap ? o->cap * 2 : 256;
+		e = realloc(o->entries, (size_t)o->cap * sizeof *o->entries);
+		if (e == NULL) { /* no figure then: proc_others_end says NAN */
+			free(o->entries);
+			o->entries = NULL;
+			o->n = 0;
+			o->cap = -1;
+			return;
+		}
+		o->entries = e;
+	}
+	o->entries[o->n].pid = pid;
+	o->entries[o->n].cpu = f->cpu + f->children;
+	o->n++;
+}
+
 void proc_others_begin(struct others *o, int root)
 {
-	struct stat_fields f;
-	struct dirent *d;
-	DIR *dir = opendir("/proc");
+	struct others_walk w = { o, root, 0 };
 
 	memset(o, 0, sizeof *o);
 	o->at = now_mono();
-	if (dir == NULL)
-		return;
-	while ((d = readdir(dir)) != NULL) {
-		int pid;
-
-		if (!isdigit((unsigned char)d->d_name[0]))
-			continue;
-		pid = atoi(d->d_name);
-		if (read_stat(pid, &f) < 0 || f.kthread || excluded(pid, &f, root))
-			continue;
-		if (o->n == o->cap) {
-			o->cap = o->cap ? o->cap * 2 : 256;
-			o->entries = realloc(o->entries, (size_t)o->cap * sizeof *o->entries);
-			if (o->entries == NULL)
-				break;
-		}
-		o->entries[o->n].pid = pid;
-		o->entries[o->n].cpu = f.cpu + f.children;
-		o->n++;
-	}
-	closedir(dir);
+	for_each_proc(remember_other, &w);
 	if (o->entries != NULL)
 		qsort(o->entries, (size_t)o->n, sizeof *o->entries, cmp_int);
 }
 
+static void add_other_cpu(int pid, const struct stat_fields *f, void *arg)
+{
+	struct others_walk *w = arg;
+	struct other_entry key, *e;
+
+	if (f->kthread || excluded(pid, f, w->root))
+		return;
+	key.pid = pid;
+	e = bsearch(&key, w->o->entries, (size_t)w->o->n, sizeof *w->o->entries, cmp_int);
+	/* A process that started in the window counts whole. One that
+	 * ended is lost unless its parent reaped it (children). */
+	w->used += e != NULL ? f->cpu + f->children - e->cpu : f->cpu + f->children;
+}
+
 double proc_others_end(struct others *o, int root)
 {
-	struct stat_fields f;
-	struct dirent *d;
-	DIR *dir = opendir("/proc");
-	double used = 0;
+	struct others_walk w = { o, root, 0 };
 
-	if (dir == NULL || o->entries == NULL) {
-		if (dir != NULL)
-			closedir(dir);
+	if (o->entries == NULL || for_each_proc(add_other_cpu, &w) < 0) {
+		free(o->entries);
+		o->entries = NULL;
 		return NAN;
 	}
-	while ((d = readdir(dir)) != NULL) {
-		struct other_entry key, *e;
-		int pid;
-
-		if (!isdigit((unsigned char)d->d_name[0]))
-			continue;
-		pid = atoi(d->d_name);
-		if (read_stat(pid, &f) < 0 || f.kthread || excluded(pid, &f, root))
-			continue;
-		key.pid = pid;
-		e = bsearch(&key, o->entries, (size_t)o->n, sizeof *o->entries, cmp_int);
-		/* A process that started in the window counts whole. One that
-		 * ended is lost unless its parent reaped it (children). */
-		used += e != NULL ? f.cpu + f.children - e->cpu : f.cpu + f.children;
-	}
-	closedir(dir);
 	free(o->entries);
 	o->entries = NULL;
-	return used > 0 ? used : 0;
+	return w.used > 0 ? w.used : 0;
 }

@@ -19,6 +19,7 @@
 #include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/wsframe.h"
 #include "wire.h"
 
 #include <stdlib.h>
@@ -269,7 +270,6 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 
 #define BATCH_BYTES (64 * 1024) /* a write stops growing past this */
 #define BATCH_KEEP (256 * 1024)  /* a bigger buffer is not kept */
-#define FRAME_HEADER_MAX 10
 
 static void batch_room(size_t need)
 {
@@ -283,28 +283,6 @@ static void batch_room(size_t need)
 		fatal("out of memory");
 }
 
-/* A server's header for one whole text message (RFC 6455 5.2: FIN, opcode
- * 1, no mask, 7-, 16- or 64-bit length), as lws_write(LWS_WRITE_TEXT)
- * makes it. Returns its length. */
-static size_t frame_header(unsigned char *h, size_t len)
-{
-	h[0] = 0x81;
-	if (len < 126) {
-		h[1] = (unsigned char)len;
-		return 2;
-	}
-	if (len <= 0xffff) {
-		h[1] = 126;
-		h[2] = (unsigned char)(len >> 8);
-		h[3] = (unsigned char)len;
-		return 4;
-	}
-	h[1] = 127;
-	for (int i = 0; i < 8; i++)
-		h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-	return 10;
-}
-
 /* Write queued packets while the socket takes them, at most 64 per
  * callback (fair to the other connections). lws has no call that sends
  * more than one message, and one send() per packet was the largest cost
@@ -315,7 +293,7 @@ static size_t frame_header(unsigned char *h, size_t len)
  * sends first, before any frame of its own, such as a close or a pong). */
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
-	int budget = 64, n_ok;
+	int budget = 64, written;
 
 	while (c->head != NULL && budget > 0) {
 		struct out_msg *framed = NULL, **framed_tail = &framed;
@@ -325,12 +303,12 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			struct out_msg *m = c->head;
 			size_t n, h;
 
-			batch_room(used + FRAME_HEADER_MAX + m->len + WIRE_OUTGOING_STAMP_BYTES);
-			n = wire_stamp_outgoing((char *)batch + used + FRAME_HEADER_MAX,
+			batch_room(used + WS_FRAME_HEADER_MAX + m->len + WIRE_OUTGOING_STAMP_BYTES);
+			n = wire_stamp_outgoing((char *)batch + used + WS_FRAME_HEADER_MAX,
 						m->payload, m->len, wire_now());
-			h = frame_header(batch + used, n);
-			if (h != FRAME_HEADER_MAX)
-				memmove(batch + used + h, batch + used + FRAME_HEADER_MAX, n);
+			h = ws_text_frame_header(batch + used, n);
+			if (h != WS_FRAME_HEADER_MAX)
+				memmove(batch + used + h, batch + used + WS_FRAME_HEADER_MAX, n);
 			used += h + n;
 			c->head = m->next;
 			if (c->head == NULL)
@@ -343,12 +321,12 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 		}
 		/* lws_write() fails only when send() did, with nothing of this
 		 * batch taken: those packets go back to the supervisor. */
-		n_ok = lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) >= 0;
+		written = lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) >= 0;
 		while (framed != NULL) {
 			struct out_msg *m = framed;
 
 			framed = m->next;
-			if (n_ok)
+			if (written)
 				out_free(m);
 			else
 				bounce(m);
@@ -358,7 +336,7 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			batch = NULL;
 			batch_cap = 0;
 		}
-		if (!n_ok) {
+		if (!written) {
 			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
 			return -1;
 		}

@@ -40,11 +40,15 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
 
 
 
+def miss_delay(attempt):
+    """Seconds between attempts to land a connection on a chosen worker:
+    which worker accepts is the kernel's choice (the first free one), so a
+    worker still starting or busy (ASan) needs time, not more attempts."""
+    return min(0.2, 0.005 * (attempt + 1))
+
+
 def miss_pause(attempt):
-    """Between attempts to land a connection on a chosen worker: which
-    worker accepts is the kernel's choice (the first free one), so a worker
-    still starting or busy (ASan) needs time, not more attempts."""
-    time.sleep(min(0.2, 0.005 * (attempt + 1)))
+    time.sleep(miss_delay(attempt))
 
 def sanitizer_report(text):
     """The first lines of a sanitizer report found in text, or None."""

@@ -29,7 +29,7 @@ import requests
 import websockets
 import websockets.exceptions
 
-from conftest import HTTP_TIMEOUT, WS_TIMEOUT, miss_pause
+from conftest import HTTP_TIMEOUT, WS_TIMEOUT, miss_delay, miss_pause
 
 MEPHISTO = "mephisto"
 BACKEND_MAX_SIZE = 2 ** 20  # websockets' default max_size, what the backend uses
@@ -204,7 +204,7 @@ class FakeBackend:
             ws = None
             if time.monotonic() > deadline:
                 break
-            await asyncio.sleep(min(0.2, 0.005 * (attempt + 1)))  # see miss_pause
+            await asyncio.sleep(miss_delay(attempt))
         if ws is None:
             raise AssertionError("%s: could not get a connection on worker %s"
                                  % (self.name, self.want_worker))

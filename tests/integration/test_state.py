@@ -153,6 +153,14 @@ class St(Peers):
     def browser(self, r, **kw):
         return self.add_browser(r, **kw)
 
+    def two_alive(self, r):
+        """An agent on each worker (1 and 2), both alive."""
+        x = self.browser(r, want_worker=1)
+        y = self.browser(r, want_worker=2)
+        x.alive()
+        y.alive()
+        return x, y
+
 
 @pytest.fixture
 def st(router_factory, tmp_path):
@@ -375,10 +383,7 @@ def test_thousand_packets_for_absent_backend(st, between):
     r = st.router(log_level="info", max_backend_queue=5000)
     db = r.keys["state_path"]
     be = st.backend(r)
-    x = st.browser(r, want_worker=1)
-    y = st.browser(r, want_worker=2)
-    x.alive()
-    y.alive()
+    x, y = st.two_alive(r)
     # delivered at once: never queued
     for k in range(5):
         x.send_packet(MBU, {"who": "x-live", "k": k})
@@ -422,10 +427,7 @@ def test_backend_closes_while_thousand_packets_arrive(st, between):
     r = st.router(log_level="info", max_backend_queue=5000)
     db = r.keys["state_path"]
     be = st.backend(r)
-    x = st.browser(r, want_worker=1)
-    y = st.browser(r, want_worker=2)
-    x.alive()
-    y.alive()
+    x, y = st.two_alive(r)
     closer = None
     for k in range(500):
         if k == 150:
@@ -469,10 +471,7 @@ def test_kill9_while_packets_arrive_keeps_a_prefix(st):
     answered a heartbeat after is there."""
     r = st.router(log_level="info", max_backend_queue=5000)
     db = r.keys["state_path"]
-    x = st.browser(r, want_worker=1)
-    y = st.browser(r, want_worker=2)
-    x.alive()
-    y.alive()
+    x, y = st.two_alive(r)
     for k in range(100):
         x.send_packet(MBU, {"who": "x", "k": k})
         y.send_packet(MBU, {"who": "y", "k": k})
