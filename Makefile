@@ -120,3 +120,8 @@ bench-state: all $(OUT)/mr-load
 
 bench-clean:
 	rm -rf $(OUT)/obj/bench $(OUT)/mr-load $(OUT)/mr-echo
+
+# ---- further test suites, each in its own folder with its own .mk ----
+# (tests/fuzz: make fuzz; tests/faults: make test-faults; tests/launcher:
+# make test-launcher; tests/browser: make test-browser)
+include $(wildcard tests/*/*.mk)

@@ -83,6 +83,7 @@ struct http_req {
 	char tail[128];
 	size_t tail_len;
 	int spa_failed;
+	const char *spa_error; /* why, when not just "malformed" */
 	int committed; /* the uploads now belong to the backend */
 	uint64_t pending; /* waiting for the supervisor's answer */
 	unsigned char *answer; /* LWS_PRE + headers + body */
@@ -261,13 +262,40 @@ static int answer_json(struct lws *wsi, struct session *s, unsigned int status,
 	return answer(wsi, s, status, "application/json", json, strlen(json), 0);
 }
 
+/* Copy at most outlen - 1 bytes of in, each byte that is not printable
+ * ASCII replaced by '?'. */
+static void printable_copy(char *out, size_t outlen, const char *in, size_t len)
+{
+	size_t n = len < outlen - 1 ? len : outlen - 1;
+
+	for (size_t i = 0; i < n; i++)
+		out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+	out[n] = '\0';
+}
+
+/* 1 when the len bytes at s are valid UTF-8 (jansson's own check). */
+static int is_utf8(const char *s, size_t len)
+{
+	json_t *t = json_stringn(s, len);
+
+	json_decref(t);
+	return t != NULL;
+}
+
 /* An error answer: {"error": message}. */
 static int answer_error(struct lws *wsi, struct session *s, unsigned int status,
 			const char *message, int close_after)
 {
-	json_t *obj = json_pack("{s:s}", "error", message);
-	char *text = json_dumps(obj, JSON_COMPACT);
+	char safe[512];
+	json_t *obj;
+	char *text;
 	int rc;
+
+	/* Messages may quote what the client sent (a parser's error near a
+	 * token): only printable ASCII goes into the JSON. */
+	printable_copy(safe, sizeof safe, message, strlen(message));
+	obj = json_pack("{s:s}", "error", safe);
+	text = json_dumps(obj, JSON_COMPACT);
 
 	/* A refused request leaves nothing behind, before the client hears. */
 	if (s->req != NULL)
@@ -420,6 +448,10 @@ static void check_task_version(struct lws *wsi)
 
 	if (v == NULL)
 		return;
+	/* The query is the client's: whatever it holds, the warning names it
+	 * in printable ASCII (json_pack refuses text that is not UTF-8). */
+	printable_copy(reported, sizeof reported, v, strlen(v));
+	v = reported;
 	expected_version(expected, sizeof expected);
 	if (strcmp(v, expected) == 0)
 		return;
@@ -488,6 +520,11 @@ static int upload_cb(void *data, const char *name, const char *filename,
 	case LWS_UFS_OPEN:
 		if (r->nfiles == MAX_UPLOAD_FILES) {
 			log_info("upload refused: more than %d files", MAX_UPLOAD_FILES);
+			return -1;
+		}
+		/* Both names go into the packet's JSON as they are. */
+		if (!is_utf8(name, strlen(name)) || !is_utf8(filename, strlen(filename))) {
+			r->spa_error = "a multipart field name or file name is not UTF-8";
 			return -1;
 		}
 		u = &r->files[r->nfiles];
@@ -569,9 +606,17 @@ static json_t *body_object(struct http_req *r, char *why, size_t whylen)
 	obj = json_object();
 	for (int i = 0; i < (int)(sizeof form_fields / sizeof form_fields[0]); i++) {
 		const char *v = lws_spa_get_string(r->spa, i);
-		if (v != NULL)
-			json_object_set_new(obj, form_fields[i],
-					    json_stringn(v, (size_t)lws_spa_get_length(r->spa, i)));
+		json_t *value;
+
+		if (v == NULL)
+			continue;
+		value = json_stringn(v, (size_t)lws_spa_get_length(r->spa, i));
+		if (value == NULL) { /* not UTF-8: refused, never dropped */
+			snprintf(why, whylen, "the form field %s is not UTF-8", form_fields[i]);
+			json_decref(obj);
+			return NULL;
+		}
+		json_object_set_new(obj, form_fields[i], value);
 	}
 	return obj;
 }
@@ -813,10 +858,12 @@ static int post_complete(struct lws *wsi, struct session *s)
 		r->spa_failed = 1;
 	if (r->spa_failed)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
-				    "malformed multipart/form-data body", 0);
+				    r->spa_error ? r->spa_error
+						 : "malformed multipart/form-data body", 0);
 	body = body_object(r, why, sizeof why);
 	if (body == NULL)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, why, 0);
+	snprintf(why, sizeof why, "the packet for the backend could not be built");
 	packet = build_packet(r, body, &flags, &agent_id, request_id, why, sizeof why);
 	if (packet == NULL) {
 		json_decref(body);

@@ -329,11 +329,39 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 
 /* ---- lws ---- */
 
+/* The reasons whose handlers use the connection's session. */
+static int needs_session(enum lws_callback_reasons reason)
+{
+	switch (reason) {
+	case LWS_CALLBACK_ESTABLISHED:
+	case LWS_CALLBACK_RECEIVE:
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+	case LWS_CALLBACK_CLOSED:
+	case LWS_CALLBACK_HTTP:
+	case LWS_CALLBACK_HTTP_BODY:
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+	case LWS_CALLBACK_CLOSED_HTTP:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		    void *user, void *in, size_t len)
 {
 	struct session *s = user;
 
+	if (s == NULL && needs_session(reason))
+		/* lws calls back for connections that never reached our
+		 * protocol and so have no session: one that sent nothing
+		 * before its timeout, a malformed request, an unknown method.
+		 * Nothing of ours to clean up; anything else closes it. */
+		return reason == LWS_CALLBACK_CLOSED || reason == LWS_CALLBACK_CLOSED_HTTP ||
+				       reason == LWS_CALLBACK_HTTP_FILE_COMPLETION
+			       ? 0 : -1;
 	switch (reason) {
 	case LWS_CALLBACK_WSI_CREATE:
 		worker_stats.connections++;
