@@ -20,6 +20,7 @@ const char *ipc_type_name(enum ipc_type type)
 	case IPC_WS_CLOSED: return "WS_CLOSED";
 	case IPC_WS_PACKET: return "WS_PACKET";
 	case IPC_WS_UNSENT: return "WS_UNSENT";
+	case IPC_WS_SENT: return "WS_SENT";
 	case IPC_HTTP_REQUEST: return "HTTP_REQUEST";
 	case IPC_VERSION_MISMATCH: return "VERSION_MISMATCH";
 	case IPC_HTTP_ANSWER: return "HTTP_ANSWER";
@@ -116,13 +117,22 @@ int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
 	return pack_bin(pk, payload, len);
 }
 
-int ipc_pack_ws_unsent(msgpack_packer *pk, const char *dest, uint64_t seq,
-		       const void *payload, size_t len)
+static int pack_conn_seq(msgpack_packer *pk, enum ipc_type type, uint64_t conn,
+			 uint64_t seq)
 {
-	if (pack_head(pk, IPC_WS_UNSENT, 3) < 0 || pack_cstr(pk, dest) < 0 ||
-	    msgpack_pack_uint64(pk, seq) < 0)
+	if (pack_head(pk, type, 2) < 0 || msgpack_pack_uint64(pk, conn) < 0)
 		return -1;
-	return pack_bin(pk, payload, len);
+	return msgpack_pack_uint64(pk, seq);
+}
+
+int ipc_pack_ws_unsent(msgpack_packer *pk, uint64_t conn, uint64_t seq)
+{
+	return pack_conn_seq(pk, IPC_WS_UNSENT, conn, seq);
+}
+
+int ipc_pack_ws_sent(msgpack_packer *pk, uint64_t conn, uint64_t seq)
+{
+	return pack_conn_seq(pk, IPC_WS_SENT, conn, seq);
 }
 
 int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
@@ -353,10 +363,9 @@ static int decode_ws_packet(struct fields *f, struct ipc_msg *m)
 	return get_end(f);
 }
 
-static int decode_ws_unsent(struct fields *f, struct ipc_msg *m)
+static int decode_conn_seq(struct fields *f, struct ipc_msg *m)
 {
-	if (get_cstr(f, 0, &m->str1) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0)
 		return -1;
 	return get_end(f);
 }
@@ -444,7 +453,8 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	case IPC_WS_OPENED:
 	case IPC_WS_CLOSED: return decode_conn_only(&f, msg);
 	case IPC_WS_PACKET: return decode_ws_packet(&f, msg);
-	case IPC_WS_UNSENT: return decode_ws_unsent(&f, msg);
+	case IPC_WS_UNSENT:
+	case IPC_WS_SENT: return decode_conn_seq(&f, msg);
 	case IPC_HTTP_REQUEST: return decode_http_request(&f, msg);
 	case IPC_VERSION_MISMATCH: return decode_version_mismatch(&f, msg);
 	case IPC_WS_SEND: return decode_ws_send(&f, msg);
@@ -457,13 +467,41 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	return -1;
 }
 
-/* ---- the incremental reader ---- */
+/* ---- the incremental reader ----
+ *
+ * msgpack-c's unpacker allocates an array's or a map's elements
+ * (count * sizeof(msgpack_object)) as soon as it meets the container's
+ * header, before any element has arrived: five bytes (0xdd and a 32-bit
+ * count) made it allocate gigabytes, and the reader's bound, checked on
+ * the bytes that had arrived, came too late. So the reader walks each
+ * message's headers itself first (scan_message()) and hands msgpack only
+ * complete messages whose declared sizes it has checked:
+ * - the bytes a message declares (its headers, string and binary bodies,
+ *   and at least one byte for each element still to come) must fit the
+ *   bound, which refuses a message from the header that breaks it;
+ * - the values a message declares, all containers included, are at most
+ *   READER_MAX_VALUES: every IPC message is one flat array of a dozen
+ *   fields, so whatever msgpack allocates for a message stays small,
+ *   whatever the bound (max_message_bytes may be 1 GiB). */
+
+#define READER_MAX_VALUES 1024
 
 struct ipc_reader {
 	msgpack_unpacker unpacker;
 	msgpack_unpacked result;
 	size_t max_message;
+	/* the message at the unpacker's offset, as far as it is checked */
+	size_t scanned;  /* bytes: whole values (headers and bodies) */
+	uint64_t unread; /* values declared and not scanned yet */
+	uint64_t values; /* values declared so far, the message included */
 };
+
+static void scan_reset(struct ipc_reader *r)
+{
+	r->scanned = 0;
+	r->unread = 1;
+	r->values = 1;
+}
 
 struct ipc_reader *ipc_reader_new(size_t max_message)
 {
@@ -473,6 +511,7 @@ struct ipc_reader *ipc_reader_new(size_t max_message)
 		fatal("out of memory");
 	msgpack_unpacked_init(&r->result);
 	r->max_message = max_message;
+	scan_reset(r);
 	return r;
 }
 
@@ -503,14 +542,149 @@ void ipc_reader_consumed(struct ipc_reader *r, size_t n)
 	msgpack_unpacker_buffer_consumed(&r->unpacker, n);
 }
 
+/* A big-endian length of n bytes. */
+static uint64_t load_be(const unsigned char *p, size_t n)
+{
+	uint64_t v = 0;
+
+	for (size_t i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* The header of the msgpack value at p (avail bytes there), as msgpack-c
+ * reads it: its length, the bytes of body after it and the elements it
+ * declares (twice the entries of a map). Returns 1, 0 when the header is
+ * not all there yet, -1 for a byte that starts no value (0xc1). */
+static int value_header(const unsigned char *p, size_t avail, size_t *head,
+			uint64_t *body, uint64_t *count)
+{
+	unsigned c = p[0];
+	size_t n = 0; /* bytes of the length field */
+
+	*head = 1;
+	*body = 0;
+	*count = 0;
+	if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+		return 1;
+	if (c <= 0x8f) {
+		*count = 2 * (uint64_t)(c & 0x0f);
+		return 1;
+	}
+	if (c <= 0x9f) {
+		*count = c & 0x0f;
+		return 1;
+	}
+	if (c <= 0xbf) {
+		*body = c & 0x1f;
+		return 1;
+	}
+	switch (c) {
+	case 0xc4: case 0xc5: case 0xc6: /* bin 8, 16, 32 */
+		n = (size_t)1 << (c - 0xc4);
+		break;
+	case 0xc7: case 0xc8: case 0xc9: /* ext 8, 16, 32: type byte + data */
+		n = (size_t)1 << (c - 0xc7);
+		*body = 1;
+		break;
+	case 0xca: *body = 4; return 1; /* float 32 */
+	case 0xcb: *body = 8; return 1; /* float 64 */
+	case 0xcc: case 0xcd: case 0xce: case 0xcf: /* uint 8..64 */
+		*body = (uint64_t)1 << (c - 0xcc);
+		return 1;
+	case 0xd0: case 0xd1: case 0xd2: case 0xd3: /* int 8..64 */
+		*body = (uint64_t)1 << (c - 0xd0);
+		return 1;
+	case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext 1..16 */
+		*body = ((uint64_t)1 << (c - 0xd4)) + 1;
+		return 1;
+	case 0xd9: case 0xda: case 0xdb: /* str 8, 16, 32 */
+		n = (size_t)1 << (c - 0xd9);
+		break;
+	case 0xdc: case 0xdd: /* array 16, 32 */
+	case 0xde: case 0xdf: /* map 16, 32 */
+		n = c & 1 ? 4 : 2;
+		break;
+	default: /* 0xc1 */
+		return -1;
+	}
+	*head = 1 + n;
+	if (avail < *head)
+		return 0;
+	if (c >= 0xdc)
+		*count = load_be(p + 1, n) * (c >= 0xde ? 2 : 1);
+	else
+		*body += load_be(p + 1, n);
+	return 1;
+}
+
+/* Check the message at the unpacker's offset as far as its bytes are
+ * there, from where the last call stopped. Returns 1 when it is complete
+ * (r->scanned bytes), 0 when more bytes are needed, -1 when it is refused
+ * (err says why). */
+static int scan_message(struct ipc_reader *r, char *err, size_t errlen)
+{
+	const unsigned char *msg =
+		(const unsigned char *)r->unpacker.buffer + r->unpacker.off;
+	size_t avail = r->unpacker.used - r->unpacker.off;
+
+	while (r->unread > 0) {
+		size_t head;
+		uint64_t body, count, declared;
+		int rc;
+
+		if (r->scanned == avail)
+			return 0;
+		rc = value_header(msg + r->scanned, avail - r->scanned, &head, &body, &count);
+		if (rc < 0) {
+			snprintf(err, errlen, "msgpack parse error");
+			return -1;
+		}
+		if (rc == 0)
+			return 0;
+		/* the least the message can be: what is scanned, this value,
+		 * and a byte for each value still to come (none overflows:
+		 * each term is below 2^34) */
+		declared = (uint64_t)r->scanned + head + body + (r->unread - 1) + count;
+		if (declared > r->max_message) {
+			snprintf(err, errlen, "message of at least %llu bytes exceeds the "
+				 "bound of %zu bytes", (unsigned long long)declared,
+				 r->max_message);
+			return -1;
+		}
+		if (r->values + count > READER_MAX_VALUES) {
+			snprintf(err, errlen, "message of %llu values exceeds the bound of "
+				 "%d values", (unsigned long long)(r->values + count),
+				 READER_MAX_VALUES);
+			return -1;
+		}
+		if (avail - r->scanned < head + body)
+			return 0; /* the body is still on its way */
+		r->scanned += head + (size_t)body;
+		r->unread = r->unread - 1 + count;
+		r->values += count;
+	}
+	return 1;
+}
+
 int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		    size_t errlen)
 {
 	msgpack_unpack_return ret;
+	size_t off = r->unpacker.off;
+	int rc = scan_message(r, err, errlen);
 
+	if (rc <= 0)
+		return rc;
 	ret = msgpack_unpacker_next(&r->unpacker, &r->result);
 	switch (ret) {
 	case MSGPACK_UNPACK_SUCCESS:
+		if (r->unpacker.off - off != r->scanned) {
+			snprintf(err, errlen, "msgpack read %zu bytes of a message of %zu",
+				 r->unpacker.off - off, r->scanned);
+			return -1;
+		}
+		scan_reset(r);
 		if (ipc_decode(&r->result.data, msg, err, errlen) < 0)
 			return -1;
 		if (msg->len + IPC_MESSAGE_OVERHEAD > r->max_message) {
@@ -520,18 +694,16 @@ int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		}
 		return 1;
 	case MSGPACK_UNPACK_CONTINUE:
-		if (msgpack_unpacker_message_size(&r->unpacker) > r->max_message) {
-			snprintf(err, errlen, "incomplete message exceeds the bound of %zu bytes",
-				 r->max_message);
-			return -1;
-		}
-		return 0;
+		/* scan_message() saw a complete message: it and msgpack disagree */
+		snprintf(err, errlen, "msgpack wants more of a complete message of %zu bytes",
+			 r->scanned);
+		return -1;
 	case MSGPACK_UNPACK_PARSE_ERROR:
 		snprintf(err, errlen, "msgpack parse error");
 		return -1;
 	case MSGPACK_UNPACK_NOMEM_ERROR:
-		/* e.g. an array header claiming billions of elements */
-		snprintf(err, errlen, "msgpack value too large to allocate");
+		/* msgpack-c nests at most 32 containers deep */
+		snprintf(err, errlen, "msgpack value nested too deeply");
 		return -1;
 	default:
 		snprintf(err, errlen, "msgpack unpacker error %d", (int)ret);

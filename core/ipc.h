@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IPC_PROTOCOL_VERSION 1
+#define IPC_PROTOCOL_VERSION 2
 
 /* Bytes a message may carry besides its payload (type, ids, framing). */
 #define IPC_MESSAGE_OVERHEAD 256
@@ -33,6 +33,25 @@
  * it, so twice the size plus 64 KiB. */
 #define IPC_MAX_MESSAGE(max_message_bytes) (2 * (size_t)(max_message_bytes) + 65536)
 
+/* The bound for a router that also builds packets for the backend of up to
+ * backend_max_frame_bytes (a POST becomes one packet, checked against that
+ * limit where it enters): whatever either limit lets in fits. */
+static inline size_t ipc_max_message(int64_t max_message_bytes,
+				     int64_t backend_max_frame_bytes)
+{
+	return IPC_MAX_MESSAGE(max_message_bytes > backend_max_frame_bytes
+				       ? max_message_bytes : backend_max_frame_bytes);
+}
+
+/* What a worker adds to a packet as it writes it (its
+ * router_outgoing_timestamp member), at most. */
+#define IPC_STAMP_BYTES 64
+
+/* Flow control of WS_SEND: the supervisor has at most this many bytes of
+ * packets (or one packet, whatever its size) sent to one connection and
+ * not yet reported written (WS_SENT); the rest waits in its queue. */
+#define IPC_SEND_WINDOW (1024 * 1024)
+
 enum ipc_type {
 	/* handshake */
 	IPC_HELLO_WORKER = 1,     /* worker -> supervisor: version, slot, pid */
@@ -42,9 +61,10 @@ enum ipc_type {
 	IPC_WS_OPENED = 100, /* conn: a WebSocket was accepted */
 	IPC_WS_CLOSED = 101, /* conn: a WebSocket is gone */
 	IPC_WS_PACKET = 102, /* conn, packet fields, payload: a valid packet arrived */
-	IPC_WS_UNSENT = 103, /* dest, seq, payload: a WS_SEND that could not be written */
+	IPC_WS_UNSENT = 103, /* conn, seq: conn could not take WS_SEND seq (closing) */
 	IPC_HTTP_REQUEST = 104, /* req, flags, agent_id, request_id, payload */
 	IPC_VERSION_MISMATCH = 105, /* version, payload (a log_error packet) */
+	IPC_WS_SENT = 106, /* conn, seq: every WS_SEND on conn up to seq is written */
 
 	/* supervisor -> worker */
 	IPC_WS_SEND = 200,  /* conn, dest, seq, payload: send this packet on conn */
@@ -94,8 +114,8 @@ int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn);
 int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
 		       const struct ipc_packet_fields *f, const void *payload,
 		       size_t len);
-int ipc_pack_ws_unsent(msgpack_packer *pk, const char *dest, uint64_t seq,
-		       const void *payload, size_t len);
+int ipc_pack_ws_unsent(msgpack_packer *pk, uint64_t conn, uint64_t seq);
+int ipc_pack_ws_sent(msgpack_packer *pk, uint64_t conn, uint64_t seq);
 int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
 			  const char *agent_id, const char *request_id,
 			  const void *payload, size_t len);

@@ -6,23 +6,42 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* A packet waiting for its destination; queues are kept in seq order. */
+/* A packet for a destination, from the moment it is routed until its
+ * worker says it was written (route_ws_sent). Queues are kept in seq
+ * order. */
 struct qitem {
 	struct qitem *next;
 	uint64_t seq;
 	double created;
+	int stored; /* a QUEUED change was recorded: the store has (or will have) it */
 	size_t len;
 	char data[];
 };
 
+/* head .. last_sent: sent to the destination's connection, not yet written
+ * (in flight, at most window_bytes of them); after last_sent: waiting.
+ * When the connection goes, whatever is in flight waits again, in place. */
 struct queue {
 	struct qitem *head, *tail;
+	struct qitem *last_sent; /* NULL: nothing in flight */
 	size_t count;
+	size_t inflight_count, inflight_bytes;
 	const char *dest; /* the agent's id or "mephisto" */
+};
+
+/* An HTTP request answered once its packet is durable: written to the
+ * backend's socket, or committed to the state database. */
+struct durable_answer {
+	uint64_t seq; /* the packet's */
+	uint32_t worker;
+	uint64_t req;
+	uint64_t epoch; /* durable once change batch `epoch` is committed */
+	double deadline;
 };
 
 /* Also a hash key (conns map): no padding bytes allowed. */
@@ -68,6 +87,8 @@ struct route {
 	struct map *conns;   /* struct endpoint -> struct agent */
 	struct map *waiting; /* request id -> struct waiting */
 	struct map *versions; /* mephisto-task versions already reported */
+	struct map *durable;  /* packet seq -> struct durable_answer */
+	uint64_t change_epoch; /* route_clear_changes() calls so far */
 	int has_channel;
 	struct endpoint channel;
 	struct queue backend;
@@ -170,17 +191,6 @@ static void http_answer(struct route *r, uint32_t worker, uint64_t req,
 	a->len = len;
 }
 
-static char *own_copy(struct route *r, const char *data, size_t len)
-{
-	char *copy = malloc(len + 1);
-
-	if (copy == NULL)
-		fatal("out of memory");
-	memcpy(copy, data, len);
-	copy[len] = '\0';
-	return own(r, copy);
-}
-
 /* Record what the store must persist. key and data are copied: a queued
  * packet may be dropped or delivered, and freed, before the store reads
  * the change. */
@@ -269,65 +279,105 @@ static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_
 	q->next = NULL;
 	q->seq = seq;
 	q->created = now;
+	q->stored = 0;
 	q->len = len;
 	memcpy(q->data, data, len);
 	q->data[len] = '\0';
 	return q;
 }
 
-/* Insert in seq order (new packets go to the tail at once). */
-static void queue_insert(struct route *r, struct queue *q, struct qitem *item)
+/* An item off its queue: actions of this turn may still point into it, so
+ * it is freed by route_clear_actions(). */
+static void retire(struct route *r, struct qitem *item)
 {
-	struct qitem **at;
+	item->next = r->sent;
+	r->sent = item;
+}
 
+/* From now on the store keeps the item (until it leaves its queue). */
+static void store_item(struct route *r, struct queue *q, struct qitem *item)
+{
+	if (item->stored)
+		return;
+	item->stored = 1;
 	change(r, ROUTE_CHANGE_QUEUED, q->dest, item->seq, item->created, item->data,
 	       item->len);
-	if (q->tail == NULL || q->tail->seq < item->seq) {
-		if (q->tail != NULL)
-			q->tail->next = item;
-		else
-			q->head = item;
-		q->tail = item;
-	} else {
-		for (at = &q->head; *at != NULL && (*at)->seq < item->seq; at = &(*at)->next)
-			;
-		item->next = *at;
-		*at = item;
-	}
+}
+
+static void queue_append(struct queue *q, struct qitem *item)
+{
+	if (q->tail != NULL)
+		q->tail->next = item;
+	else
+		q->head = item;
+	q->tail = item;
 	q->count++;
 }
 
-static struct qitem *queue_pop(struct route *r, struct queue *q)
+static struct qitem *first_waiting(const struct queue *q)
 {
-	struct qitem *item = q->head;
+	return q->last_sent != NULL ? q->last_sent->next : q->head;
+}
 
-	if (item == NULL)
-		return NULL;
-	change(r, ROUTE_CHANGE_UNQUEUED, q->dest, item->seq, item->created, NULL, 0);
-	q->head = item->next;
-	if (q->head == NULL)
-		q->tail = NULL;
+/* Take item (the head, or the first waiting one, whose predecessor is
+ * prev) off q; the store forgets it. */
+static void queue_unlink(struct route *r, struct queue *q, struct qitem *prev,
+			 struct qitem *item)
+{
+	if (prev != NULL)
+		prev->next = item->next;
+	else
+		q->head = item->next;
+	if (q->tail == item)
+		q->tail = prev;
+	if (q->last_sent == item) { /* in flight: the head */
+		q->last_sent = NULL;
+	}
+	if (item->stored)
+		change(r, ROUTE_CHANGE_UNQUEUED, q->dest, item->seq, item->created, NULL, 0);
 	q->count--;
 	item->next = NULL;
-	return item;
+}
+
+/* Everything in flight waits again (the connection is gone or cannot take
+ * more), in place, so it goes out again first and in order; and a
+ * destination without a connection has its queue in the store. */
+static void queue_unsend(struct route *r, struct queue *q)
+{
+	q->last_sent = NULL;
+	q->inflight_count = 0;
+	q->inflight_bytes = 0;
+	for (struct qitem *item = q->head; item != NULL; item = item->next)
+		store_item(r, q, item);
 }
 
 static void queue_clear(struct route *r, struct queue *q)
 {
-	struct qitem *item;
+	while (q->head != NULL) {
+		struct qitem *item = q->head;
 
-	while ((item = queue_pop(r, q)) != NULL)
-		free(item);
+		queue_unlink(r, q, NULL, item);
+		retire(r, item);
+	}
+	q->inflight_count = 0;
+	q->inflight_bytes = 0;
 }
 
+static void answer_durable_dropped(struct route *r, uint64_t seq);
+
+/* Drop the oldest waiting packets (never those in flight) beyond max, or
+ * older than max_age. */
 static void queue_trim(struct route *r, struct queue *q, size_t max,
 		       double max_age, double now, const char *dest)
 {
 	size_t dropped = 0;
+	struct qitem *item;
 
-	while (q->count > max ||
-	       (q->head != NULL && max_age > 0 && now - q->head->created > max_age)) {
-		free(queue_pop(r, q));
+	while ((item = first_waiting(q)) != NULL &&
+	       (q->count > max || (max_age > 0 && now - item->created > max_age))) {
+		queue_unlink(r, q, q->last_sent, item);
+		answer_durable_dropped(r, item->seq);
+		retire(r, item);
 		dropped++;
 	}
 	if (dropped > 0) {
@@ -338,16 +388,21 @@ static void queue_trim(struct route *r, struct queue *q, size_t max,
 	}
 }
 
-/* Send every queued packet of q to `to`, in order. */
-static void queue_flush(struct route *r, struct queue *q, struct endpoint to,
-			const char *dest)
+/* Send waiting packets of q to `to`, in order, while the destination's
+ * window has room (one packet always goes, however large): a queue leaves
+ * at the pace its connection drains (route_ws_sent). */
+static void queue_pump(struct route *r, struct queue *q, struct endpoint to)
 {
 	struct qitem *item;
+	size_t window = r->cfg.window_bytes;
 
-	while ((item = queue_pop(r, q)) != NULL) {
-		send_to(r, to, dest, item->seq, item->data, item->len);
-		item->next = r->sent; /* freed by route_clear_actions() */
-		r->sent = item;
+	while ((item = first_waiting(q)) != NULL &&
+	       (q->inflight_bytes == 0 || window == 0 ||
+		q->inflight_bytes + item->len <= window)) {
+		send_to(r, to, q->dest, item->seq, item->data, item->len);
+		q->inflight_count++;
+		q->inflight_bytes += item->len;
+		q->last_sent = item;
 	}
 }
 
@@ -383,6 +438,7 @@ static void agent_detach(struct route *r, struct agent *a, double now)
 	map_del(r->conns, &a->at, sizeof a->at);
 	a->attached = 0;
 	a->disconnect_time = now;
+	queue_unsend(r, &a->queue);
 	agent_changed(r, a->id);
 }
 
@@ -418,49 +474,56 @@ static void agent_set_status(struct route *r, struct agent *a, const char *statu
 	agent_changed(r, a->id);
 }
 
-/* Route a packet to an agent: now if attached, else into its queue. */
-static void to_agent(struct route *r, struct agent *a, const char *data,
-		     size_t len, int copy, double now)
+/* Route a packet to a destination's queue, and on to its connection when
+ * it has one with room; a destination without one has its queue stored. */
+static struct qitem *to_queue(struct route *r, struct queue *q, int attached,
+			      struct endpoint at, const char *data, size_t len,
+			      double now)
 {
-	uint64_t seq = ++r->next_seq;
+	struct qitem *item = qitem_new(++r->next_seq, now, data, len);
 
-	if (a->attached) {
-		if (copy)
-			data = own_copy(r, data, len);
-		send_to(r, a->at, a->id, seq, data, len);
-		return;
+	queue_append(q, item);
+	if (attached) {
+		queue_pump(r, q, at);
+	} else {
+		store_item(r, q, item);
+		r->stats.packets_queued++;
 	}
-	queue_insert(r, &a->queue, qitem_new(seq, now, data, len));
-	r->stats.packets_queued++;
+	return item;
+}
+
+static void to_agent(struct route *r, struct agent *a, const char *data,
+		     size_t len, double now)
+{
+	to_queue(r, &a->queue, a->attached, a->at, data, len, now);
 	queue_trim(r, &a->queue, r->cfg.max_agent_queue, 0, now, a->id);
 }
 
-static void to_backend(struct route *r, const char *data, size_t len, int copy,
-		       double now)
+static struct qitem *to_backend(struct route *r, const char *data, size_t len,
+				double now)
 {
-	uint64_t seq = ++r->next_seq;
+	struct qitem *item = to_queue(r, &r->backend, r->has_channel, r->channel, data,
+				      len, now);
 
-	if (r->has_channel) {
-		if (copy)
-			data = own_copy(r, data, len);
-		send_to(r, r->channel, PACKET_MEPHISTO, seq, data, len);
-		return;
-	}
-	queue_insert(r, &r->backend, qitem_new(seq, now, data, len));
-	r->stats.packets_queued++;
 	queue_trim(r, &r->backend, r->cfg.max_backend_queue,
-		   r->cfg.max_backend_queue_age, now, "the backend");
+		   r->has_channel ? 0 : r->cfg.max_backend_queue_age, now, "the backend");
+	return item;
 }
 
+static char *update_status_text(struct route *r, struct agent *a, size_t *len)
+{
+	return dump_owned(r, json_pack("{s:s, s:s, s:{s:s}}", "packet_type",
+				       "update_status", "subject_id", a->id, "data",
+				       "status", a->status), len);
+}
+
+/* A status change: queued like any packet for the agent. */
 static void send_update_status(struct route *r, struct agent *a, double now)
 {
 	size_t len;
-	char *text = dump_owned(r, json_pack("{s:s, s:s, s:{s:s}}",
-					     "packet_type", "update_status",
-					     "subject_id", a->id,
-					     "data", "status", a->status), &len);
+	char *text = update_status_text(r, a, &len);
 
-	to_agent(r, a, text, len, 0, now);
+	to_agent(r, a, text, len, now);
 }
 
 static void agent_attach(struct route *r, struct agent *a, uint32_t worker,
@@ -591,6 +654,7 @@ struct route *route_new(const struct route_config *cfg, double now)
 	r->conns = map_new();
 	r->waiting = map_new();
 	r->versions = map_new();
+	r->durable = map_new();
 	r->backend.dest = PACKET_MEPHISTO;
 	r->started = now;
 	return r;
@@ -621,6 +685,10 @@ void route_free(struct route *r)
 	map_free(r->conns);
 	map_free(r->waiting);
 	map_free(r->versions);
+	pos = 0;
+	while (map_next(r->durable, &pos, NULL, NULL, &value))
+		free(value);
+	map_free(r->durable);
 	queue_clear(r, &r->backend);
 	route_clear_changes(r);
 	free(r->changes);
@@ -632,6 +700,99 @@ void route_free(struct route *r)
 static int is_channel(const struct route *r, uint32_t worker, uint64_t conn)
 {
 	return r->has_channel && r->channel.worker == worker && r->channel.conn == conn;
+}
+
+/* No channel any more: what was in flight to it waits again. */
+static void channel_lost(struct route *r)
+{
+	r->has_channel = 0;
+	meta_text(r, "backend_attached", "0");
+	queue_unsend(r, &r->backend);
+}
+
+/* ---- durable answers ---- */
+
+static void durable_free(struct route *r, uint64_t seq)
+{
+	free(map_del(r->durable, &seq, sizeof seq));
+}
+
+/* The packet seq is durable: its request hears 200. */
+static void answer_durable(struct route *r, uint64_t seq)
+{
+	struct durable_answer *d = map_get(r->durable, &seq, sizeof seq);
+
+	if (d == NULL)
+		return;
+	http_answer(r, d->worker, d->req, 200, NULL, 0);
+	durable_free(r, seq);
+}
+
+static void answer_durable_error(struct route *r, struct durable_answer *d,
+				 unsigned int status, const char *message)
+{
+	size_t len;
+	char *body = dump_owned(r, json_pack("{s:s}", "error", message), &len);
+
+	http_answer(r, d->worker, d->req, status, body, len);
+	durable_free(r, d->seq);
+}
+
+static void answer_durable_dropped(struct route *r, uint64_t seq)
+{
+	struct durable_answer *d = map_get(r->durable, &seq, sizeof seq);
+
+	if (d != NULL)
+		answer_durable_error(r, d, 503, "the backend's queue is full; try again");
+}
+
+/* Answer every durable request whose packet satisfies pred(d, arg). */
+static void answer_durable_where(struct route *r,
+				 int (*pred)(const struct durable_answer *, const void *),
+				 const void *arg, unsigned int status, const char *error)
+{
+	uint64_t seqs[64];
+	size_t n, pos;
+	void *value;
+
+	do {
+		n = 0;
+		pos = 0;
+		while (n < 64 && map_next(r->durable, &pos, NULL, NULL, &value))
+			if (pred(value, arg))
+				seqs[n++] = ((struct durable_answer *)value)->seq;
+		for (size_t i = 0; i < n; i++) {
+			if (error == NULL)
+				answer_durable(r, seqs[i]);
+			else
+				answer_durable_error(r, map_get(r->durable, &seqs[i],
+								 sizeof seqs[i]), status, error);
+		}
+	} while (n == 64);
+}
+
+static int committed_by(const struct durable_answer *d, const void *epoch)
+{
+	return d->epoch <= *(const uint64_t *)epoch;
+}
+
+static int expired_by(const struct durable_answer *d, const void *now)
+{
+	return *(const double *)now >= d->deadline;
+}
+
+/* The worker wrote every packet of q up to seq: they leave the queue. */
+static void queue_written(struct route *r, struct queue *q, uint64_t seq)
+{
+	while (q->last_sent != NULL && q->head->seq <= seq) {
+		struct qitem *item = q->head;
+
+		q->inflight_count--;
+		q->inflight_bytes -= item->len;
+		queue_unlink(r, q, NULL, item);
+		answer_durable(r, item->seq);
+		retire(r, item);
+	}
 }
 
 static int backend_type(enum packet_type t)
@@ -662,7 +823,7 @@ static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
 		a->last_ping = now;
 		if (!(a->attached && a->at.worker == worker && a->at.conn == conn)) {
 			agent_attach(r, a, worker, conn, now);
-			queue_flush(r, &a->queue, a->at, a->id);
+			queue_pump(r, &a->queue, a->at);
 		}
 	}
 	data_text = json_dumps(data, JSON_COMPACT);
@@ -713,38 +874,61 @@ static void append_number(char **buf, size_t *len, size_t *cap, double v)
 	free(text);
 }
 
+static void send_statuses(struct route *r, char *text, size_t len, size_t cap,
+			  const char *tail, size_t tail_len)
+{
+	buf_append(&text, &len, &cap, tail, tail_len + 1); /* with the NUL */
+	len--;
+	send_to(r, r->channel, "", 0, own(r, text), len);
+}
+
 /* return_statuses, written as jansson would write the object (the agents
- * in map order) but from each agent's cached member. */
+ * in map order) but from each agent's cached member; in as many packets as
+ * it takes for each to fit max_frame_bytes (the backend reads them one by
+ * one). Sent outside the window: an answer nobody re-sends. */
 static void on_request_statuses(struct route *r, const struct packet *p, double now)
 {
 	static const char head[] =
 		"{\"packet_type\":\"return_statuses\",\"subject_id\":\"" PACKET_MEPHISTO
 		"\",\"data\":{";
-	size_t pos = 0, len = 0, cap = 0, n;
+	size_t pos = 0, len = 0, cap = 0, n, tail_len = 0, tail_cap = 0;
+	size_t max = r->cfg.max_frame_bytes ? r->cfg.max_frame_bytes : SIZE_MAX;
 	void *value;
-	char *text = NULL;
+	char *text = NULL, *tail = NULL;
 	const char *member;
 	int first = 1;
 
 	r->last_poll = now;
 	meta_changed(r, "last_backend_ping", now);
 	apply_liveness_all(r, now);
+	buf_append(&tail, &tail_len, &tail_cap, "},\"client_timestamp\":", 21);
+	append_number(&tail, &tail_len, &tail_cap, p->server_timestamp);
+	buf_append(&tail, &tail_len, &tail_cap, ",\"router_incoming_timestamp\":", 29);
+	append_number(&tail, &tail_len, &tail_cap, p->router_incoming_timestamp);
+	buf_append(&tail, &tail_len, &tail_cap, "}", 2); /* with the NUL */
+	tail_len--;
 	buf_append(&text, &len, &cap, head, sizeof head - 1);
 	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
 		member = statuses_member(value, &n);
+		if (sizeof head - 1 + n + tail_len > max) {
+			log_warn("agent %.64s: its status does not fit in a return_statuses "
+				 "of max_frame_bytes; left out", ((struct agent *)value)->id);
+			continue;
+		}
+		if (len + 1 + n + tail_len > max) { /* full: send, start the next */
+			send_statuses(r, text, len, cap, tail, tail_len);
+			text = NULL;
+			len = cap = 0;
+			buf_append(&text, &len, &cap, head, sizeof head - 1);
+			first = 1;
+		}
 		if (!first)
 			buf_append(&text, &len, &cap, ",", 1);
 		buf_append(&text, &len, &cap, member, n);
 		first = 0;
 	}
-	buf_append(&text, &len, &cap, "},\"client_timestamp\":", 21);
-	append_number(&text, &len, &cap, p->server_timestamp);
-	buf_append(&text, &len, &cap, ",\"router_incoming_timestamp\":", 29);
-	append_number(&text, &len, &cap, p->router_incoming_timestamp);
-	buf_append(&text, &len, &cap, "}", 2); /* with the NUL */
-	len--;
-	own(r, text);
-	send_to(r, r->channel, PACKET_MEPHISTO, ++r->next_seq, text, len);
+	send_statuses(r, text, len, cap, tail, tail_len);
+	free(tail);
 }
 
 static void on_agent_details(struct route *r, const struct packet *p)
@@ -790,11 +974,13 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 		}
 		if (!r->has_channel)
 			meta_text(r, "backend_attached", "1");
+		else if (!from_channel) /* in flight to the old channel: again */
+			queue_unsend(r, &r->backend);
 		r->has_channel = 1;
 		r->channel = (struct endpoint){ worker, conn };
 		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
 			   r->cfg.max_backend_queue_age, now, "the backend");
-		queue_flush(r, &r->backend, r->channel, PACKET_MEPHISTO);
+		queue_pump(r, &r->backend, r->channel);
 		return;
 	}
 	if (backend_type(p->type) != from_channel) {
@@ -803,27 +989,34 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 		return;
 	}
 	switch (p->type) {
-	case PKT_ALIVE:
+	case PKT_ALIVE: {
+		size_t len;
+		char *text;
+
 		a = agent_get(r, p->subject_id, now);
 		agent_attach(r, a, worker, conn, now);
-		send_update_status(r, a, now);
-		queue_flush(r, &a->queue, a->at, a->id);
+		/* The status as it is now, ahead of the queue: nobody sends
+		 * it again (the next connection gets its own). */
+		text = update_status_text(r, a, &len);
+		send_to(r, a->at, "", 0, text, len);
+		queue_pump(r, &a->queue, a->at);
 		return;
+	}
 	case PKT_HEARTBEAT:
 		on_heartbeat(r, worker, conn, p, now);
 		return;
 	case PKT_MEPHISTO_BOUND_LIVE_UPDATE:
 	case PKT_LOG_ERROR:
-		to_backend(r, p->payload, p->len, 0, now);
+		to_backend(r, p->payload, p->len, now);
 		return;
 	case PKT_UPDATE_STATUS:
 		a = agent_get(r, p->subject_id, now);
 		if (p->status != NULL)
 			agent_set_status(r, a, p->status);
-		to_agent(r, a, p->payload, p->len, 0, now);
+		to_agent(r, a, p->payload, p->len, now);
 		return;
 	case PKT_CLIENT_BOUND_LIVE_UPDATE:
-		to_agent(r, agent_get(r, p->subject_id, now), p->payload, p->len, 0, now);
+		to_agent(r, agent_get(r, p->subject_id, now), p->payload, p->len, now);
 		return;
 	case PKT_AGENT_DETAILS:
 		on_agent_details(r, p);
@@ -844,8 +1037,7 @@ void route_ws_closed(struct route *r, uint32_t worker, uint64_t conn, double now
 
 	if (is_channel(r, worker, conn)) {
 		log_info("Mephisto channel closed; packets for the backend wait for it");
-		r->has_channel = 0;
-		meta_text(r, "backend_attached", "0");
+		channel_lost(r);
 		return;
 	}
 	a = map_get(r->conns, &at, sizeof at);
@@ -862,8 +1054,7 @@ void route_worker_gone(struct route *r, uint32_t worker, double now)
 
 	if (r->has_channel && r->channel.worker == worker) {
 		log_info("Mephisto channel lost with worker %u", worker);
-		r->has_channel = 0;
-		meta_text(r, "backend_attached", "0");
+		channel_lost(r);
 	}
 	do {
 		n = 0;
@@ -887,37 +1078,57 @@ void route_worker_gone(struct route *r, uint32_t worker, double now)
 			free(w);
 		}
 	} while (n == 64);
+	/* Nobody to answer; the packets themselves stay queued. */
+	do {
+		uint64_t seqs[64];
+		n = 0;
+		pos = 0;
+		while (n < 64 && map_next(r->durable, &pos, NULL, NULL, &value))
+			if (((struct durable_answer *)value)->worker == worker)
+				seqs[n++] = ((struct durable_answer *)value)->seq;
+		for (size_t i = 0; i < n; i++)
+			durable_free(r, seqs[i]);
+	} while (n == 64);
 }
 
-void route_unsent(struct route *r, const char *dest, uint64_t seq,
-		  const char *payload, size_t len, double now)
+/* The queue whose packets go out on (worker, conn), if any. */
+static struct queue *queue_at(struct route *r, uint32_t worker, uint64_t conn)
 {
-	struct queue *q;
+	struct endpoint at = { worker, conn };
+	struct agent *a;
 
-	if (dest[0] == '\0')
+	if (is_channel(r, worker, conn))
+		return &r->backend;
+	a = map_get(r->conns, &at, sizeof at);
+	return a != NULL ? &a->queue : NULL;
+}
+
+void route_ws_sent(struct route *r, uint32_t worker, uint64_t conn, uint64_t seq)
+{
+	struct queue *q = queue_at(r, worker, conn);
+
+	if (q == NULL)
+		return; /* detached since: its packets wait again already */
+	queue_written(r, q, seq);
+	queue_pump(r, q, (struct endpoint){ worker, conn });
+}
+
+void route_unsent(struct route *r, uint32_t worker, uint64_t conn, uint64_t seq,
+		  double now)
+{
+	struct endpoint at = { worker, conn };
+	struct agent *a;
+
+	if (is_channel(r, worker, conn)) {
+		log_info("Mephisto channel worker %u conn %llu cannot take packet %llu "
+			 "(closing): packets for the backend wait for the next one",
+			 worker, (unsigned long long)conn, (unsigned long long)seq);
+		channel_lost(r);
 		return;
-	if (strcmp(dest, PACKET_MEPHISTO) == 0) {
-		if (r->has_channel) {
-			send_to(r, r->channel, PACKET_MEPHISTO, seq,
-				own_copy(r, payload, len), len);
-			return;
-		}
-		q = &r->backend;
-	} else {
-		struct agent *a = agent_find(r, dest);
-		if (a == NULL) {
-			r->stats.packets_dropped++;
-			return;
-		}
-		if (a->attached) {
-			send_to(r, a->at, a->id, seq,
-				own_copy(r, payload, len), len);
-			return;
-		}
-		q = &a->queue;
 	}
-	queue_insert(r, q, qitem_new(seq, now, payload, len));
-	r->stats.packets_queued++;
+	a = map_get(r->conns, &at, sizeof at);
+	if (a != NULL) /* its packets wait until it attaches again */
+		agent_detach(r, a, now);
 }
 
 void route_http_request(struct route *r, uint32_t worker, uint64_t req,
@@ -925,6 +1136,9 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 			const char *request_id, const char *payload, size_t len,
 			double now)
 {
+	struct durable_answer *d;
+	struct qitem *item;
+
 	if ((flags & ROUTE_HTTP_FORGET_AGENT) && agent_id != NULL)
 		agent_forget(r, agent_id);
 	if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL) {
@@ -941,9 +1155,22 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 			free(w);
 		}
 	}
-	to_backend(r, payload, len, 0, now);
-	if (!(flags & ROUTE_HTTP_WAIT_DETAILS))
-		http_answer(r, worker, req, 200, NULL, 0);
+	item = to_backend(r, payload, len, now);
+	if (flags & ROUTE_HTTP_WAIT_DETAILS)
+		return; /* answered by the backend's agent_details */
+	/* "200" is a promise: given once the packet is written to the
+	 * backend's socket (route_ws_sent) or committed to the store
+	 * (route_changes_durable), whichever comes first. */
+	store_item(r, &r->backend, item);
+	d = calloc(1, sizeof *d);
+	if (d == NULL)
+		fatal("out of memory");
+	d->seq = item->seq;
+	d->worker = worker;
+	d->req = req;
+	d->epoch = r->change_epoch + 1;
+	d->deadline = now + r->cfg.request_timeout;
+	map_put(r->durable, &d->seq, sizeof d->seq, d);
 }
 
 void route_version_mismatch(struct route *r, const char *version,
@@ -954,13 +1181,16 @@ void route_version_mismatch(struct route *r, const char *version,
 		return;
 	}
 	map_put(r->versions, version, strlen(version), r);
-	to_backend(r, payload, len, 0, now);
+	to_backend(r, payload, len, now);
 }
 
 void route_tick(struct route *r, double now)
 {
 	apply_liveness(r, now);
 	expire_requests(r, now);
+	answer_durable_where(r, expired_by, &now, 503,
+			     "the packet could neither be stored nor delivered in time; "
+			     "it stays queued for the backend");
 	if (!r->has_channel)
 		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
 			   r->cfg.max_backend_queue_age, now, "the backend");
@@ -1014,8 +1244,16 @@ size_t route_changes(const struct route *r, const struct route_change **out)
 	return r->nchanges;
 }
 
+uint64_t route_change_epoch(const struct route *r) { return r->change_epoch; }
+
+void route_changes_durable(struct route *r, uint64_t epoch)
+{
+	answer_durable_where(r, committed_by, &epoch, 200, NULL);
+}
+
 void route_clear_changes(struct route *r)
 {
+	r->change_epoch++;
 	for (size_t i = 0; i < r->nchanges; i++) {
 		free((char *)r->changes[i].key);
 		free((char *)r->changes[i].data);
@@ -1050,6 +1288,7 @@ void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
 	struct qitem *item = qitem_new(seq, created, payload, len);
 	struct qitem **at;
 
+	item->stored = 1;
 	/* Already stored: insert without recording a change. The store loads
 	 * in seq order, so this is an append but for corrupt input. */
 	if (q->tail == NULL || q->tail->seq < seq) {
@@ -1109,9 +1348,9 @@ size_t route_queue_length(const struct route *r, const char *dest)
 	const struct agent *a;
 
 	if (strcmp(dest, PACKET_MEPHISTO) == 0)
-		return r->backend.count;
+		return r->backend.count - r->backend.inflight_count;
 	a = agent_find(r, dest);
-	return a ? a->queue.count : 0;
+	return a ? a->queue.count - a->queue.inflight_count : 0;
 }
 
 int route_backend_attached(const struct route *r) { return r->has_channel; }

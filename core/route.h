@@ -9,12 +9,17 @@
  * (worker slot, request id). Times are seconds since the epoch (double).
  *
  * Delivery. Each packet routed to an agent or to the backend gets a
- * sequence number (seq, increasing over the router's life). When its
- * destination has no connection it waits in that destination's queue; it
- * leaves the queue in seq order when the destination attaches, before any
- * newer packet. A packet a worker could not write (its connection closed
- * first) comes back through route_unsent() and is queued again in seq
- * order, so nothing is lost or reordered between processes.
+ * sequence number (seq, increasing over the router's life) and joins its
+ * destination's queue, where it stays until the worker holding the
+ * destination's connection reports it written (route_ws_sent). Packets are
+ * sent (ROUTE_SEND) in seq order while the destination has a connection and
+ * fewer than window_bytes in flight to it, so a queue drains at the pace of
+ * its connection. When the connection goes (closed, its worker gone, or it
+ * could not take a packet: route_unsent), what was in flight waits again
+ * in place and goes out first, in order, on the destination's next
+ * connection: nothing is lost or reordered between processes, and nothing
+ * is sent to a connection that cannot take it. A destination without a
+ * connection has its queue in the store (ROUTE_CHANGE_QUEUED).
  *
  * Task data is never parsed here: payloads are opaque bytes. */
 #ifndef MR_ROUTE_H
@@ -32,12 +37,20 @@ struct route_config {
 	size_t max_agent_queue;   /* packets waiting per agent */
 	size_t max_backend_queue; /* packets waiting for the backend */
 	double max_backend_queue_age; /* s; older packets for the backend are dropped */
+	/* Bytes of packets in flight to one connection (sent, not yet written
+	 * by its worker); more leave the queue as the worker reports writes.
+	 * 0: no limit. */
+	size_t window_bytes;
+	/* The largest packet the backend takes: return_statuses is split to
+	 * fit. 0: no limit. */
+	size_t max_frame_bytes;
 };
 
 enum route_action_kind {
-	/* Write data on (worker, id) as one WebSocket text message. dest and
-	 * seq identify the packet for route_unsent(); dest is "" for packets
-	 * that are not re-queued (heartbeat answers). */
+	/* Write data on (worker, id) as one WebSocket text message. seq
+	 * identifies the packet for route_ws_sent() and route_unsent(); seq 0
+	 * (dest "") is a packet nobody waits for (heartbeat answers,
+	 * return_statuses), sent outside the window. */
 	ROUTE_SEND = 1,
 	/* Answer HTTP request (worker, id) with status and data as the body;
 	 * data NULL (len 0) means "accepted": the worker sends the endpoint's
@@ -117,17 +130,26 @@ void route_ws_closed(struct route *r, uint32_t worker, uint64_t conn, double now
 /* Every connection and waiting request of this worker is gone. */
 void route_worker_gone(struct route *r, uint32_t worker, double now);
 
-/* A packet sent with ROUTE_SEND could not be written: queue it again for
- * dest ("mephisto" or an agent id) in seq order. */
-void route_unsent(struct route *r, const char *dest, uint64_t seq,
-		  const char *payload, size_t len, double now);
+/* The worker wrote every packet sent on (worker, conn) up to seq to the
+ * socket: they leave their queue, requests waiting for them are answered,
+ * and more is sent while the window has room. */
+void route_ws_sent(struct route *r, uint32_t worker, uint64_t conn, uint64_t seq);
+
+/* Connection (worker, conn) could not take packet seq (it is closing): the
+ * destination it served is detached, and its packets wait for its next
+ * connection. */
+void route_unsent(struct route *r, uint32_t worker, uint64_t conn, uint64_t seq,
+		  double now);
 
 /* An HTTP request turned into a packet for the backend. payload is sent to
  * the backend (or queued). With ROUTE_HTTP_FORGET_AGENT, agent_id's state
  * is dropped. With ROUTE_HTTP_WAIT_DETAILS, the request waits for an
  * agent_details with request_id, at most request_timeout seconds (then it
- * is answered 408 with a JSON error); otherwise it is answered at once
- * (ROUTE_HTTP_ANSWER, status 200, no data). */
+ * is answered 408 with a JSON error). Otherwise the packet is stored and
+ * the request is answered (ROUTE_HTTP_ANSWER, status 200, no data) once the
+ * packet is durable: written to the backend's socket (route_ws_sent) or
+ * committed to the store (route_changes_durable), whichever is first;
+ * 503 if neither within request_timeout, or if the packet is dropped. */
 void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 			unsigned int flags, const char *agent_id,
 			const char *request_id, const char *payload, size_t len,
@@ -183,6 +205,10 @@ struct route_change {
 
 size_t route_changes(const struct route *r, const struct route_change **out);
 void route_clear_changes(struct route *r);
+/* How many times the changes were cleared (handed to the store) so far. */
+uint64_t route_change_epoch(const struct route *r);
+/* Every change cleared up to epoch is committed to the store. */
+void route_changes_durable(struct route *r, uint64_t epoch);
 
 /* Recovery at start, from the store: an agent (when it had a socket when
  * the previous router stopped, was_attached, or was within its reconnect
@@ -215,7 +241,8 @@ const char *route_agent_status(const struct route *r, const char *agent_id);
 /* 1 when the agent is attached to a connection. */
 int route_agent_attached(const struct route *r, const char *agent_id);
 size_t route_agent_count(const struct route *r);
-/* Packets waiting for dest ("mephisto" or an agent id). */
+/* Packets waiting for dest ("mephisto" or an agent id), not counting
+ * those in flight to its connection. */
 size_t route_queue_length(const struct route *r, const char *dest);
 int route_backend_attached(const struct route *r);
 size_t route_waiting_requests(const struct route *r);

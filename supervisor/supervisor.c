@@ -106,6 +106,9 @@ static struct route_config route_config_of(const struct config *c)
 		.max_agent_queue = (size_t)c->max_agent_queue,
 		.max_backend_queue = (size_t)c->max_backend_queue,
 		.max_backend_queue_age = c->max_backend_queue_age,
+		.window_bytes = IPC_SEND_WINDOW,
+		/* room for the timestamp the worker adds as it writes */
+		.max_frame_bytes = (size_t)c->backend_max_frame_bytes - IPC_STAMP_BYTES,
 	};
 	return rc;
 }
@@ -277,22 +280,14 @@ static void worker_check_ready(struct supervisor *sup)
 	notify_systemd("READY=1");
 }
 
-struct bounced {
-	char *dest;
-	uint64_t seq;
-	char *data;
-	size_t len;
-};
-
 /* Carry out what the state machine decided: IPC to the workers. Output is
  * buffered in each worker's bufferevent and written once per loop turn. */
 static void dispatch_actions(struct supervisor *sup)
 {
 	const struct route_action *a;
 	const struct route_change *changes;
-	size_t n = route_actions(sup->route, &a), nb = 0;
+	size_t n = route_actions(sup->route, &a);
 	size_t nchanges = route_changes(sup->route, &changes);
-	struct bounced *bounced = NULL;
 
 	if (sup->defer_dispatch)
 		return;
@@ -310,23 +305,10 @@ static void dispatch_actions(struct supervisor *sup)
 					   ? &sup->workers[a[i].worker] : NULL;
 		msgpack_packer pk;
 
-		if (w == NULL || w->bev == NULL) {
-			/* Its worker died in this very turn: queue the packet again. */
-			if (a[i].kind == ROUTE_SEND && a[i].dest[0] != '\0') {
-				bounced = realloc(bounced, (nb + 1) * sizeof *bounced);
-				if (bounced == NULL)
-					fatal("out of memory");
-				bounced[nb].dest = strdup(a[i].dest);
-				bounced[nb].seq = a[i].seq;
-				bounced[nb].data = malloc(a[i].len + 1);
-				if (!bounced[nb].dest || !bounced[nb].data)
-					fatal("out of memory");
-				memcpy(bounced[nb].data, a[i].data, a[i].len);
-				bounced[nb].len = a[i].len;
-				nb++;
-			}
+		/* Its worker died in this very turn: route_worker_gone() has
+		 * (or will have) put its packets back in their queues. */
+		if (w == NULL || w->bev == NULL)
 			continue;
-		}
 		pk = worker_packer(w);
 		if (a[i].kind == ROUTE_SEND)
 			ipc_pack_ws_send(&pk, a[i].id, a[i].dest, a[i].seq, a[i].data,
@@ -335,15 +317,6 @@ static void dispatch_actions(struct supervisor *sup)
 			ipc_pack_http_answer(&pk, a[i].id, a[i].status, a[i].data, a[i].len);
 	}
 	route_clear_actions(sup->route);
-	for (size_t i = 0; i < nb; i++) {
-		route_unsent(sup->route, bounced[i].dest, bounced[i].seq,
-			     bounced[i].data, bounced[i].len, now_epoch());
-		free(bounced[i].dest);
-		free(bounced[i].data);
-	}
-	free(bounced);
-	if (nb > 0)
-		dispatch_actions(sup);
 }
 
 static void worker_packet(struct worker *w, const struct ipc_msg *m)
@@ -396,7 +369,10 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 		worker_packet(w, m);
 		break;
 	case IPC_WS_UNSENT:
-		route_unsent(sup->route, m->str1, m->seq, m->data, m->len, now_epoch());
+		route_unsent(sup->route, (uint32_t)w->slot, m->conn, m->seq, now_epoch());
+		break;
+	case IPC_WS_SENT:
+		route_ws_sent(sup->route, (uint32_t)w->slot, m->conn, m->seq);
 		break;
 	case IPC_HTTP_REQUEST:
 		route_http_request(sup->route, (uint32_t)w->slot, m->conn, m->code,
@@ -530,7 +506,8 @@ static void worker_spawn(struct supervisor *sup, int slot)
 	w->retiring = 0;
 	w->broken = 0;
 	w->started = now_monotonic();
-	w->reader = ipc_reader_new(IPC_MAX_MESSAGE(sup->cfg.max_message_bytes));
+	w->reader = ipc_reader_new(ipc_max_message(sup->cfg.max_message_bytes,
+						   sup->cfg.backend_max_frame_bytes));
 	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(w->bev, worker_read_cb, NULL, worker_event_cb, w);
 	bufferevent_enable(w->bev, EV_READ | EV_WRITE);
@@ -682,6 +659,10 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 	text = config_format(&sup->cfg);
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
 		struct worker *w = &sup->workers[i];
+		if (w->reader != NULL) /* backend_max_frame_bytes may have grown */
+			ipc_reader_set_max(w->reader,
+					   ipc_max_message(sup->cfg.max_message_bytes,
+							   sup->cfg.backend_max_frame_bytes));
 		if (w->bev != NULL && !w->retiring) {
 			msgpack_packer pk = worker_packer(w);
 			ipc_pack_config(&pk, text, strlen(text));
@@ -746,8 +727,15 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (store_commit(sup->store, sup->route, now_epoch()) < 0)
+	uint64_t epoch = route_change_epoch(sup->route);
+
+	if (store_commit(sup->store, sup->route, now_epoch()) < 0) {
 		evtimer_add(sup->commit, &retry);
+		return;
+	}
+	/* Requests waiting for their packet to be stored can be answered. */
+	route_changes_durable(sup->route, epoch);
+	dispatch_actions(sup);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)

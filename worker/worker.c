@@ -85,6 +85,11 @@ static void ipc_flush_out(void)
 	evtimer_del(ipc_flush_late);
 }
 
+void worker_ipc_flush(void)
+{
+	ipc_flush_out();
+}
+
 static void ipc_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -180,6 +185,8 @@ static void apply_config(const char *text, size_t len)
 	else
 		config_reload(&worker_cfg, &loaded, restart, sizeof restart);
 	log_set_level((enum log_level)worker_cfg.log_level);
+	ipc_reader_set_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
+						   worker_cfg.backend_max_frame_bytes));
 	free(copy);
 }
 
@@ -199,7 +206,7 @@ static void ipc_handle(const struct ipc_msg *m)
 		}
 		return;
 	case IPC_WS_SEND:
-		ws_send(m->conn, m->str1, m->seq, m->data, m->len);
+		ws_send(m->conn, m->seq, m->data, m->len);
 		return;
 	case IPC_WS_CLOSE:
 		ws_close(m->conn, m->code);
@@ -500,7 +507,8 @@ static int worker_start(const struct ipc_msg *m)
 		return -1;
 	}
 	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
-	ipc_reader_set_max(reader, IPC_MAX_MESSAGE(worker_cfg.max_message_bytes));
+	ipc_reader_set_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
+						   worker_cfg.backend_max_frame_bytes));
 	configured = 1;
 	ipc_pack_hello_worker(worker_ipc_packer(), (uint32_t)worker_slot, (int64_t)getpid());
 	log_debug("serving");

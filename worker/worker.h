@@ -45,13 +45,13 @@ extern struct worker_stats worker_stats;
  * buffer; worker_ipc_check() applies backpressure when it grew too long. */
 msgpack_packer *worker_ipc_packer(void);
 void worker_ipc_check(void);
+void worker_ipc_flush(void); /* write what is packed now */
 int worker_ipc_paused(void);
 
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		struct session *s, void *in, size_t len);
-void ws_send(uint64_t conn, const char *dest, uint64_t seq, const char *data,
-	     size_t len);
+void ws_send(uint64_t conn, uint64_t seq, const char *data, size_t len);
 void ws_close(uint64_t conn, uint32_t code);
 void ws_close_all(uint32_t code);
 void ws_pause_all(int paused);

@@ -7,13 +7,18 @@
  * packet's bytes; an invalid packet is dropped and logged (once per
  * connection), and the connection stays open.
  *
- * Outgoing packets wait in a per-connection queue bounded by
- * max_message_bytes * 4 (at least 1 MiB) and are written while the socket
- * takes them, stamped with router_outgoing_timestamp as they go. The
+ * Outgoing packets wait in a per-connection queue and are written while
+ * the socket takes them, stamped with router_outgoing_timestamp as they
+ * go; each write is reported to the supervisor (WS_SENT, the last seq
+ * written), which keeps every packet until then and sends at most
+ * IPC_SEND_WINDOW bytes ahead of the writes, so the queue stays small
+ * (its bound, send_bound(), only stops a peer that never reads the answers
+ * to its own heartbeats). A connection that is closing takes nothing more:
+ * WS_UNSENT tells the supervisor, whose copies wait for the destination's
+ * next connection; what was queued here when a connection closes is
+ * dropped, and the supervisor (WS_CLOSED) sends it again later. The
  * router does not offer permessage-deflate, which would keep reading a
- * written buffer (LWS-NOTES trap 1). Packets that cannot be written (the
- * connection closed first) go back to the supervisor (WS_UNSENT), which
- * queues them again for their destination. */
+ * written buffer (LWS-NOTES trap 1). */
 #include "worker.h"
 
 #include "../core/idtable.h"
@@ -27,8 +32,7 @@
 
 struct out_msg {
 	struct out_msg *next;
-	uint64_t seq;
-	char *dest; /* NULL: not to be re-queued (heartbeat answers) */
+	uint64_t seq; /* 0: nobody waits for it (heartbeat answers) */
 	size_t len;
 	char payload[];
 };
@@ -42,9 +46,13 @@ struct conn {
 	size_t queued_bytes;
 	uint32_t close_code; /* close once the queue is sent */
 	int paused;
+	int backend; /* carried the backend's alive: writes reported at once */
 	int warned; /* an invalid packet was logged */
 	uint64_t invalid_packets;
 };
+
+_Static_assert(WIRE_OUTGOING_STAMP_BYTES <= IPC_STAMP_BYTES,
+	       "the supervisor leaves IPC_STAMP_BYTES for the stamp");
 
 static struct idtable conns;
 
@@ -69,28 +77,23 @@ static struct conn *conn_find(uint64_t id)
 	return idtable_get(&conns, id);
 }
 
-static void out_free(struct out_msg *m)
+/* The connection cannot take packet seq: the supervisor keeps it for the
+ * destination's next connection and sends nothing more here. */
+static void refuse_send(uint64_t conn, uint64_t seq)
 {
-	free(m->dest);
-	free(m);
+	if (seq == 0)
+		return;
+	ipc_pack_ws_unsent(worker_ipc_packer(), conn, seq);
+	worker_ipc_check();
 }
 
-/* Hand a packet that will not be written back to the supervisor. */
-static void bounce(struct out_msg *m)
-{
-	if (m->dest != NULL) {
-		ipc_pack_ws_unsent(worker_ipc_packer(), m->dest, m->seq, m->payload, m->len);
-		worker_ipc_check();
-	}
-	out_free(m);
-}
-
-static void bounce_queue(struct conn *c)
+/* What was not written: the supervisor still has it (see the top). */
+static void drop_queue(struct conn *c)
 {
 	while (c->head != NULL) {
 		struct out_msg *m = c->head;
 		c->head = m->next;
-		bounce(m);
+		free(m);
 	}
 	c->tail = NULL;
 	c->queued_bytes = 0;
@@ -99,45 +102,44 @@ static void bounce_queue(struct conn *c)
 static void conn_free(struct conn *c)
 {
 	idtable_del(&conns, c->id);
-	bounce_queue(c);
+	drop_queue(c);
 	free(c->rx);
 	free(c);
 }
 
 size_t ws_count(void) { return conns.count; }
 
+/* The supervisor's window and one packet beyond it, plus room for the
+ * answers to the peer's own heartbeats. */
 static size_t send_bound(void)
 {
-	size_t bound = (size_t)worker_cfg.max_message_bytes * 4;
-	return bound < (1 << 20) ? (1 << 20) : bound;
+	return IPC_SEND_WINDOW + 2 * (size_t)worker_cfg.max_message_bytes + (1 << 20);
 }
 
-void ws_send(uint64_t id, const char *dest, uint64_t seq, const char *data,
-	     size_t len)
+void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
 {
 	struct conn *c = conn_find(id);
-	struct out_msg *m = malloc(sizeof *m + len);
+	struct out_msg *m;
 
-	if (m == NULL)
-		fatal("out of memory");
-	m->next = NULL;
-	m->seq = seq;
-	m->dest = dest != NULL && dest[0] != '\0' ? strdup(dest) : NULL;
-	m->len = len;
-	memcpy(m->payload, data, len);
 	if (c == NULL || c->close_code != 0) {
-		log_debug("send to conn %llu: closed, handed back",
-			  (unsigned long long)id);
-		bounce(m);
+		log_debug("send to conn %llu: closed, refused", (unsigned long long)id);
+		refuse_send(id, seq);
 		return;
 	}
 	if (c->queued_bytes + len > send_bound()) {
 		log_warn("conn %llu reads too slowly (%zu bytes waiting); closing it",
 			 (unsigned long long)id, c->queued_bytes);
-		bounce(m);
+		refuse_send(id, seq);
 		ws_close(id, LWS_CLOSE_STATUS_POLICY_VIOLATION);
 		return;
 	}
+	m = malloc(sizeof *m + len);
+	if (m == NULL)
+		fatal("out of memory");
+	m->next = NULL;
+	m->seq = seq;
+	m->len = len;
+	memcpy(m->payload, data, len);
 	if (c->tail != NULL)
 		c->tail->next = m;
 	else
@@ -155,7 +157,7 @@ void ws_close(uint64_t id, uint32_t code)
 		return;
 	c->close_code = code;
 	if (code != LWS_CLOSE_STATUS_GOINGAWAY)
-		bounce_queue(c); /* an error close does not wait for the queue */
+		drop_queue(c); /* an error close does not wait for the queue */
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -219,6 +221,9 @@ static void forward_packet(struct conn *c, const char *text, size_t len)
 		wire_packet_free(&p);
 		return;
 	}
+	if (p.f.type == PKT_ALIVE && p.f.subject_id != NULL &&
+	    strcmp(p.f.subject_id, PACKET_MEPHISTO) == 0)
+		c->backend = 1;
 	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
 	worker_ipc_check();
 	wire_packet_free(&p);
@@ -291,9 +296,23 @@ static void batch_room(size_t need)
  * lws_write(LWS_WRITE_TEXT) would, and go to lws as one raw write, which
  * keeps lws's handling of short sends (what the kernel does not take, lws
  * sends first, before any frame of its own, such as a close or a pong). */
+/* Packets up to seq are the kernel's now: the supervisor lets them go
+ * (and answers what waited for them). The backend's writes are reported at
+ * once, so that a worker killed right after loses as little as it can to
+ * a second delivery. */
+static void report_written(struct conn *c, uint64_t seq)
+{
+	ipc_pack_ws_sent(worker_ipc_packer(), c->id, seq);
+	if (c->backend)
+		worker_ipc_flush();
+	else
+		worker_ipc_check();
+}
+
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
 	int budget = 64, written;
+	uint64_t last_seq;
 
 	while (c->head != NULL && budget > 0) {
 		struct out_msg *framed = NULL, **framed_tail = &framed;
@@ -320,17 +339,19 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			budget--;
 		}
 		/* lws_write() fails only when send() did, with nothing of this
-		 * batch taken: those packets go back to the supervisor. */
+		 * batch taken: the supervisor sends those packets again. */
 		written = lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) >= 0;
+		last_seq = 0;
 		while (framed != NULL) {
 			struct out_msg *m = framed;
 
 			framed = m->next;
-			if (written)
-				out_free(m);
-			else
-				bounce(m);
+			if (m->seq != 0)
+				last_seq = m->seq;
+			free(m);
 		}
+		if (written && last_seq != 0)
+			report_written(c, last_seq);
 		if (batch_cap > BATCH_KEEP) { /* after a huge message: give it back */
 			free(batch);
 			batch = NULL;

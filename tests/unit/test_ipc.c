@@ -111,12 +111,19 @@ static void test_round_trip_every_message(void **state)
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
-	PACK(b, ipc_pack_ws_unsent(&pk, "agent-2", 77, payload, 3));
+	PACK(b, ipc_pack_ws_unsent(&pk, 42, 77));
 	decode_one(&b, &m, &r);
 	assert_int_equal(m.type, IPC_WS_UNSENT);
-	assert_string_equal(m.str1, "agent-2");
+	assert_true(m.conn == 42);
 	assert_true(m.seq == 77);
-	assert_int_equal(m.len, 3);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+
+	PACK(b, ipc_pack_ws_sent(&pk, 43, UINT64_MAX));
+	decode_one(&b, &m, &r);
+	assert_int_equal(m.type, IPC_WS_SENT);
+	assert_true(m.conn == 43);
+	assert_true(m.seq == UINT64_MAX);
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
@@ -326,6 +333,95 @@ static void test_garbage(void **state)
 	msgpack_sbuffer_destroy(&b);
 }
 
+/* A container header claims more elements than the bound allows bytes
+ * for (each element is at least one byte): msgpack-c's unpacker would
+ * allocate count * sizeof(msgpack_object) when it meets the header, before
+ * any element arrived (0xdd 05 00 00 00: 84 million elements, 2 GB). The
+ * reader refuses it from the header alone, with its bound in the error. */
+static void expect_refused_header(const void *bytes, size_t len, size_t max,
+				  const char *fragment)
+{
+	struct ipc_reader *r = ipc_reader_new(max);
+	struct ipc_msg m;
+
+	feed(r, bytes, len);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), -1);
+	if (strstr(err, fragment) == NULL)
+		fail_msg("error '%s' does not contain '%s'", err, fragment);
+	ipc_reader_free(r);
+}
+
+static void test_huge_container_headers(void **state)
+{
+	const size_t max = IPC_MAX_MESSAGE(1 << 20);
+	unsigned char big[4096];
+
+	(void)state;
+	/* array 32 of 84 million, of 2^32 - 1; map 32 (two values an entry) */
+	expect_refused_header("\xdd\x05\x00\x00\x00", 5, max, "exceeds the bound");
+	expect_refused_header("\xdd\xff\xff\xff\xff", 5, max, "exceeds the bound");
+	expect_refused_header("\xdf\x00\x10\x00\x00", 5, max, "exceeds the bound");
+	/* nested inside a valid start: [WS_SEND, [ 2^32 - 1 elements ] */
+	expect_refused_header("\x95\xcc\xc8\xdd\xff\xff\xff\xff", 8, max, "exceeds the bound");
+	/* str 32 and bin 32 bodies longer than the bound, before the bytes */
+	expect_refused_header("\x92\xcc\xcb\xdb\x7f\xff\xff\xff", 8, max, "exceeds the bound");
+	expect_refused_header("\x95\xcc\xc8\x01\xa2" "d\0\x02\xc6\x00\x40\x00\x00", 13, max,
+			      "exceeds the bound");
+	/* ext 32 of 2^32 - 1 bytes */
+	expect_refused_header("\xc9\xff\xff\xff\xff\x01", 6, max, "exceeds the bound");
+	/* Within the byte bound but more values than any IPC message has:
+	 * array 16 of 60,000 (60 KB of elements would be 1.4 MB of objects). */
+	expect_refused_header("\xdc\xea\x60", 3, max, "values");
+	/* ... also when every element is there */
+	big[0] = 0xdc;
+	big[1] = (unsigned char)((sizeof big - 3) >> 8);
+	big[2] = (unsigned char)((sizeof big - 3) & 0xff);
+	memset(big + 3, 0xc0, sizeof big - 3);
+	expect_refused_header(big, sizeof big, max, "values");
+	/* an element count only just over what the bytes of the bound allow */
+	expect_refused_header("\xdd\x00\x00\x01\x00", 5, 200, "exceeds the bound");
+}
+
+/* The check counts what is declared, not what has arrived: a message is
+ * refused as soon as its declared sizes exceed the bound, whatever the
+ * chunking, and one that fits is still read one byte at a time. */
+static void test_bound_counts_declared_sizes(void **state)
+{
+	msgpack_sbuffer b;
+	struct ipc_reader *r;
+	struct ipc_msg m;
+	char payload[300];
+	size_t at;
+	int rc = 0;
+
+	(void)state;
+	memset(payload, 'x', sizeof payload);
+	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 2, payload, sizeof payload));
+	/* 300 bytes of payload, a bound of 200: refused once the bin header
+	 * is in, long before the payload */
+	r = ipc_reader_new(200);
+	for (at = 0; at < b.size; at++) {
+		feed(r, b.data + at, 1);
+		rc = ipc_reader_next(r, &m, err, sizeof err);
+		if (rc != 0)
+			break;
+	}
+	assert_int_equal(rc, -1);
+	assert_true(at < b.size - sizeof payload);
+	assert_non_null(strstr(err, "exceeds the bound"));
+	ipc_reader_free(r);
+	/* the same message under a bound it fits */
+	r = ipc_reader_new(sizeof payload + IPC_MESSAGE_OVERHEAD);
+	for (size_t i = 0; i < b.size; i++) {
+		feed(r, b.data + i, 1);
+		rc = ipc_reader_next(r, &m, err, sizeof err);
+		assert_int_equal(rc, i + 1 < b.size ? 0 : 1);
+	}
+	assert_int_equal(m.len, sizeof payload);
+	ipc_reader_free(r);
+	msgpack_sbuffer_destroy(&b);
+}
+
 /* Random bytes never crash the reader, and it ends in a defined state. */
 static void test_random_bytes(void **state)
 {
@@ -409,6 +505,8 @@ int main(void)
 		cmocka_unit_test(test_truncated),
 		cmocka_unit_test(test_oversized),
 		cmocka_unit_test(test_garbage),
+		cmocka_unit_test(test_huge_container_headers),
+		cmocka_unit_test(test_bound_counts_declared_sizes),
 		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_ipc_write_keeps_order),
 	};

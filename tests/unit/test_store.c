@@ -62,6 +62,22 @@ static long long query_int(const char *sql)
 	return v;
 }
 
+/* The workers write every packet sent so far at once (route_ws_sent). */
+static void write_sends(struct route *r)
+{
+	const struct route_action *a;
+	size_t n = route_actions(r, &a), k = 0;
+	struct route_action *sends = calloc(n + 1, sizeof *sends);
+
+	assert_non_null(sends);
+	for (size_t i = 0; i < n; i++)
+		if (a[i].kind == ROUTE_SEND && a[i].seq != 0)
+			sends[k++] = a[i];
+	for (size_t i = 0; i < k; i++)
+		route_ws_sent(r, sends[i].worker, sends[i].id, sends[i].seq);
+	free(sends);
+}
+
 static void feed(struct route *r, uint32_t w, uint64_t c, enum packet_type type,
 		 const char *subject, const char *status, double now)
 {
@@ -77,6 +93,7 @@ static void feed(struct route *r, uint32_t w, uint64_t c, enum packet_type type,
 		 packet_type_name(type), subject, now);
 	p.len = strlen(payload);
 	route_ws_packet(r, w, c, &p, now);
+	write_sends(r);
 }
 
 /* What the supervisor does after each event. */
