@@ -38,6 +38,7 @@ static const struct key keys[] = {
 	{ "max_message_bytes", KEY_SIZE, OFF(max_message_bytes), "1M", 256, 1 << 30, 0 },
 	{ "max_header_bytes", KEY_SIZE, OFF(max_header_bytes), "8K", 1024, 1 << 20, 0 },
 	{ "ipc_buffer_bytes", KEY_SIZE, OFF(ipc_buffer_bytes), "16M", 65536, 1 << 30, 0 },
+	{ "ipc_stall_timeout", KEY_SECONDS, OFF(ipc_stall_timeout), "10", 0.1, 3600, 1 },
 	{ "shutdown_timeout", KEY_SECONDS, OFF(shutdown_timeout), "5", 0, 3600, 1 },
 	{ "respawn_max_delay", KEY_SECONDS, OFF(respawn_max_delay), "10", 0.01, 3600, 1 },
 	{ "reconnect_grace", KEY_SECONDS, OFF(reconnect_grace), "10", 0, 86400, 1 },
@@ -47,7 +48,7 @@ static const struct key keys[] = {
 	{ "max_backend_queue", KEY_SIZE, OFF(max_backend_queue), "100000", 1, 1e9, 1 },
 	{ "max_backend_queue_age", KEY_SECONDS, OFF(max_backend_queue_age), "3600", 0, 1e9, 1 },
 	{ "max_body_bytes", KEY_SIZE, OFF(max_body_bytes), "100M", 1024, 1LL << 40, 1 },
-	{ "backend_max_frame_bytes", KEY_SIZE, OFF(backend_max_frame_bytes), "1M", 1024, 1 << 30, 1 },
+	{ "backend_max_frame_bytes", KEY_SIZE, OFF(backend_max_frame_bytes), "1M", 8192, 1 << 30, 1 },
 	{ "mephisto_task_version", KEY_VERSION, OFF(mephisto_task_version), "2.0.4", 0, 0, 1 },
 };
 

@@ -25,6 +25,7 @@ struct config {
 	int64_t max_message_bytes;
 	int64_t max_header_bytes;
 	int64_t ipc_buffer_bytes;
+	double ipc_stall_timeout; /* s a worker may leave its IPC unread */
 	double shutdown_timeout; /* seconds */
 	double respawn_max_delay; /* seconds */
 	/* the protocol */

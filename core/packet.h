@@ -27,6 +27,13 @@ enum packet_type {
 /* The subject_id of the backend itself. */
 #define PACKET_MEPHISTO "mephisto"
 
+/* Bounds checked where a packet enters (a WebSocket message, a POST), so
+ * that what the router builds from them (return_statuses, the IPC
+ * messages, log lines) stays small: Mephisto's agent ids are short
+ * numbers, its request ids uuids, its statuses a few words. */
+#define PACKET_MAX_ID_BYTES 256     /* subject_id, request_id, USED_AGENT_ID */
+#define PACKET_MAX_STATUS_BYTES 64  /* data.status of update_status */
+
 /* What routing needs of one packet that arrived on a WebSocket. Absent
  * numbers are NAN; absent strings NULL. */
 struct packet {

@@ -105,6 +105,8 @@ struct route {
 	struct route_stats stats;
 	int refusal_logged[REFUSE_COUNT];
 	size_t liveness_pos; /* where the next tick's liveness walk starts */
+	double drops_logged_at;   /* queue_trim's last log line */
+	uint64_t drops_unlogged;  /* drops since then */
 };
 
 /* ---- helpers ---- */
@@ -382,9 +384,18 @@ static void queue_trim(struct route *r, struct queue *q, size_t max,
 	}
 	if (dropped > 0) {
 		r->stats.packets_dropped += dropped;
-		log_warn("dropped the %zu oldest packet%s queued for %s (bound: %zu "
-			 "packets%s)", dropped, dropped == 1 ? "" : "s", dest, max,
-			 max_age > 0 ? " or the age limit" : "");
+		r->drops_unlogged += dropped;
+		/* At most a line a second, however many queues overflow. */
+		if (now - r->drops_logged_at >= 1.0) {
+			log_warn("dropped the %llu oldest packet%s queued for %.64s%s "
+				 "(bound: %zu packets%s)",
+				 (unsigned long long)r->drops_unlogged,
+				 r->drops_unlogged == 1 ? "" : "s", dest,
+				 r->drops_unlogged > dropped ? " and others" : "", max,
+				 max_age > 0 ? " or the age limit" : "");
+			r->drops_logged_at = now;
+			r->drops_unlogged = 0;
+		}
 	}
 }
 

@@ -58,6 +58,7 @@ struct worker {
 	int dropping; /* worker_drop_ipc() is running */
 	int crashes; /* consecutive short-lived deaths */
 	double started; /* monotonic seconds */
+	double drained_at; /* monotonic: its IPC output last shrank (or was empty) */
 	struct event *respawn_timer;
 };
 
@@ -253,6 +254,48 @@ static void worker_drop_ipc(struct worker *w)
 	}
 	ipc_reader_free(w->reader);
 	w->reader = NULL;
+}
+
+/* The worker read some of its IPC (libevent wrote it to the socket). */
+static void worker_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+			     void *arg)
+{
+	struct worker *w = arg;
+
+	(void)buf;
+	if (info->n_deleted > 0)
+		w->drained_at = now_monotonic();
+}
+
+/* What the supervisor holds for one worker is bounded: a worker that has
+ * not read its IPC for ipc_stall_timeout (stopped, hung), or has more than
+ * four times ipc_buffer_bytes unread, is restarted; its connections' packets
+ * wait in their queues for their next connections. */
+static void workers_check_draining(struct supervisor *sup)
+{
+	double now = now_monotonic();
+	size_t bound = 4 * (size_t)sup->cfg.ipc_buffer_bytes;
+
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		struct worker *w = &sup->workers[i];
+		size_t held;
+
+		if (w->bev == NULL || w->pid == 0)
+			continue;
+		held = evbuffer_get_length(bufferevent_get_output(w->bev));
+		if (held == 0) {
+			w->drained_at = now;
+			continue;
+		}
+		if (held <= bound && now - w->drained_at < sup->cfg.ipc_stall_timeout)
+			continue;
+		log_error("worker %d (pid %d): %zu bytes of IPC unread%s; restarting it",
+			  w->slot, (int)w->pid, held,
+			  held > bound ? " (over 4 x ipc_buffer_bytes)"
+				       : ", nothing read for ipc_stall_timeout");
+		worker_drop_ipc(w);
+		kill(w->pid, SIGKILL);
+	}
 }
 
 /* A malformed message from our own worker is a bug: log it, restart it. */
@@ -510,6 +553,8 @@ static void worker_spawn(struct supervisor *sup, int slot)
 						   sup->cfg.backend_max_frame_bytes));
 	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(w->bev, worker_read_cb, NULL, worker_event_cb, w);
+	w->drained_at = w->started;
+	evbuffer_add_cb(bufferevent_get_output(w->bev), worker_output_cb, w);
 	bufferevent_enable(w->bev, EV_READ | EV_WRITE);
 	worker_send_hello(sup, w);
 	log_info("worker %d started (pid %d)", slot, (int)pid);
@@ -746,6 +791,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	route_tick(sup->route, now_epoch());
 	dispatch_actions(sup);
+	workers_check_draining(sup);
 }
 
 static void raise_fd_limit(void)

@@ -720,6 +720,11 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 	*flags = 0;
 	*agent_id = NULL;
 	request_id[0] = '\0';
+	if (json_is_string(agent) && json_string_length(agent) > PACKET_MAX_ID_BYTES) {
+		snprintf(why, whylen, "USED_AGENT_ID is longer than %d bytes",
+			 PACKET_MAX_ID_BYTES);
+		return NULL;
+	}
 	switch (ep) {
 	case EP_REQUEST_AGENT: {
 		json_t *pd = json_object_get(body, "provider_data");
@@ -742,6 +747,12 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 		if (!json_is_object(pd) ||
 		    !json_is_string(json_object_get(pd, "USED_AGENT_ID"))) {
 			snprintf(why, whylen, "provider_data.USED_AGENT_ID is missing or not a string");
+			return NULL;
+		}
+		if (json_string_length(json_object_get(pd, "USED_AGENT_ID")) >
+		    PACKET_MAX_ID_BYTES) {
+			snprintf(why, whylen, "provider_data.USED_AGENT_ID is longer than %d bytes",
+				 PACKET_MAX_ID_BYTES);
 			return NULL;
 		}
 		data = json_deep_copy(pd);

@@ -203,13 +203,21 @@ static int close_with(struct lws *wsi, uint32_t code, const char *why)
 	return -1;
 }
 
+static const char *fields_too_long(const struct ipc_packet_fields *f);
+
 static void forward_packet(struct conn *c, const char *text, size_t len)
 {
 	struct wire_packet p;
+	const char *bound;
 	char why[256];
+	int rc = wire_parse(text, len, wire_now(),
+			    (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why);
 
-	if (wire_parse(text, len, wire_now(),
-		       (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why) < 0) {
+	if (rc == 0 && (bound = fields_too_long(&p.f)) != NULL) {
+		snprintf(why, sizeof why, "%s", bound);
+		rc = -1;
+	}
+	if (rc < 0) {
 		c->invalid_packets++;
 		worker_stats.invalid_packets++;
 		if (!c->warned) {
@@ -227,6 +235,18 @@ static void forward_packet(struct conn *c, const char *text, size_t len)
 	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
 	worker_ipc_check();
 	wire_packet_free(&p);
+}
+
+/* Why the packet's routing fields are out of bounds, or NULL. */
+static const char *fields_too_long(const struct ipc_packet_fields *f)
+{
+	if (f->subject_id != NULL && strlen(f->subject_id) > PACKET_MAX_ID_BYTES)
+		return "subject_id longer than 256 bytes";
+	if (f->request_id != NULL && strlen(f->request_id) > PACKET_MAX_ID_BYTES)
+		return "request_id longer than 256 bytes";
+	if (f->status != NULL && strlen(f->status) > PACKET_MAX_STATUS_BYTES)
+		return "data.status longer than 64 bytes";
+	return NULL;
 }
 
 static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t len)
