@@ -3,11 +3,18 @@
 #include "../core/log.h"
 #include "../core/map.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 extern const char store_schema_sql[];
 
@@ -18,11 +25,35 @@ struct staged_packet {
 	size_t len;
 };
 
+/* An agent's row as it was when its batch was made (the router's state
+ * moves on meanwhile). */
+struct agent_row {
+	char *id;
+	int exists; /* 0: delete the row */
+	char *status;
+	int attached;
+	uint32_t worker;
+	uint64_t conn;
+	double last_ping, disconnect_time;
+};
+
+/* The changes of one transaction. */
+struct batch {
+	struct agent_row *rows;
+	size_t nrows;
+	struct map *added;   /* seq -> struct staged_packet */
+	struct map *removed; /* seq -> (void *)1 */
+	struct map *meta;    /* key -> value (malloc'ed) */
+	double now;
+	int failed;
+	char error[256];
+};
+
 struct store {
 	sqlite3 *db;
 	sqlite3_stmt *set_meta, *upsert_agent, *delete_agent, *insert_packet,
 		*delete_packet;
-	/* staged changes */
+	/* staged changes, for the next batch */
 	struct map *agents;  /* agent id -> (void *)1 */
 	struct map *added;   /* seq -> struct staged_packet */
 	struct map *removed; /* seq -> (void *)1 */
@@ -30,6 +61,18 @@ struct store {
 	int failing;         /* the last commit failed */
 	uint64_t failures;
 	time_t last_failure_log;
+	/* the writer thread: it alone uses db once started */
+	pthread_t thread;
+	int started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct batch *todo;   /* handed to the thread */
+	struct batch *done;   /* handed back */
+	struct batch *busy;   /* in the thread's hands (todo or being written) */
+	int stopping;
+	int dead;             /* the thread died of SIGBUS: the store is not used */
+	int gave_up;          /* the loop saw it: nothing is staged any more */
+	int notify[2];        /* the thread writes a byte when a batch is done */
 };
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
@@ -182,11 +225,43 @@ static void staged_clear(struct store *s)
 	s->meta = map_new();
 }
 
+static void batch_free(struct batch *b);
+
+static void writer_stop(struct store *s)
+{
+	if (!s->started)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->stopping = 1;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->thread, NULL);
+	batch_free(s->done);
+	s->done = NULL;
+	close(s->notify[0]);
+	close(s->notify[1]);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->wake);
+	s->started = 0;
+}
+
 void store_close(struct store *s)
 {
+	int dead;
+
 	if (s == NULL)
 		return;
+	dead = s->dead;
+	writer_stop(s);
 	staged_clear(s);
+	if (dead) { /* the connection may be stuck mid-call: leave it */
+		map_free(s->agents);
+		map_free(s->added);
+		map_free(s->removed);
+		map_free(s->meta);
+		free(s);
+		return;
+	}
 	map_free(s->agents);
 	map_free(s->added);
 	map_free(s->removed);
@@ -215,6 +290,8 @@ static char *copy_bytes(const char *data, size_t len)
 
 void store_stage(struct store *s, const struct route_change *c, size_t n)
 {
+	if (s->gave_up)
+		return;
 	for (size_t i = 0; i < n; i++, c++) {
 		struct staged_packet *p;
 		void *old;
@@ -273,38 +350,147 @@ static int step_done(sqlite3_stmt *st)
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-static int write_agent(struct store *s, const struct route *r, const char *id,
-		       double now)
-{
-	struct route_agent_info info;
-	sqlite3_stmt *st;
+/* ---- batches: made on the loop, written by the thread ---- */
 
-	if (route_agent_info(r, id, &info) < 0) {
-		st = s->delete_agent;
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		return step_done(st);
+static void packets_free(struct map *m)
+{
+	size_t pos = 0;
+	void *value;
+
+	while (map_next(m, &pos, NULL, NULL, &value)) {
+		struct staged_packet *p = value;
+		free(p->dest);
+		free(p->data);
+		free(p);
 	}
-	st = s->upsert_agent;
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, info.status, -1, SQLITE_STATIC);
-	if (info.attached) {
-		sqlite3_bind_int64(st, 3, info.worker);
-		sqlite3_bind_int64(st, 4, (sqlite3_int64)info.conn);
-	}
-	sqlite3_bind_int(st, 5, info.attached);
-	sqlite3_bind_double(st, 6, info.last_ping);
-	sqlite3_bind_double(st, 7, info.disconnect_time);
-	sqlite3_bind_double(st, 8, now);
-	return step_done(st);
+	map_free(m);
 }
 
-static int write_staged(struct store *s, const struct route *r, double now)
+static void meta_free(struct map *m)
+{
+	size_t pos = 0;
+	void *value;
+
+	while (map_next(m, &pos, NULL, NULL, &value))
+		free(value);
+	map_free(m);
+}
+
+static void batch_free(struct batch *b)
+{
+	if (b == NULL)
+		return;
+	for (size_t i = 0; i < b->nrows; i++) {
+		free(b->rows[i].id);
+		free(b->rows[i].status);
+	}
+	free(b->rows);
+	packets_free(b->added);
+	map_free(b->removed);
+	meta_free(b->meta);
+	free(b);
+}
+
+/* Everything staged becomes a batch; agents' rows are read from r now. */
+static struct batch *batch_make(struct store *s, const struct route *r, double now)
+{
+	struct batch *b = calloc(1, sizeof *b);
+	size_t pos = 0, n = map_count(s->agents);
+	const void *key;
+
+	if (b == NULL || (n > 0 && (b->rows = calloc(n, sizeof *b->rows)) == NULL))
+		fatal("out of memory");
+	while (map_next(s->agents, &pos, &key, NULL, NULL)) {
+		struct agent_row *row = &b->rows[b->nrows++];
+		struct route_agent_info info;
+
+		row->id = copy_bytes(key, strlen(key));
+		if (route_agent_info(r, key, &info) < 0)
+			continue;
+		row->exists = 1;
+		row->status = copy_bytes(info.status, strlen(info.status));
+		row->attached = info.attached;
+		row->worker = info.worker;
+		row->conn = info.conn;
+		row->last_ping = info.last_ping;
+		row->disconnect_time = info.disconnect_time;
+	}
+	map_free(s->agents);
+	b->added = s->added;
+	b->removed = s->removed;
+	b->meta = s->meta;
+	b->now = now;
+	s->agents = map_new();
+	s->added = map_new();
+	s->removed = map_new();
+	s->meta = map_new();
+	return b;
+}
+
+/* A batch that could not be written goes back under what was staged
+ * since, which is newer: it is written with the next batch. */
+static void batch_restage(struct store *s, struct batch *b)
 {
 	size_t pos = 0, len;
 	const void *key;
 	void *value;
 
-	while (map_next(s->removed, &pos, &key, NULL, &value)) {
+	for (size_t i = 0; i < b->nrows; i++)
+		map_put(s->agents, b->rows[i].id, strlen(b->rows[i].id) + 1, s);
+	while (map_next(b->removed, &pos, &key, &len, NULL))
+		map_put(s->removed, key, len, s);
+	pos = 0;
+	while (map_next(b->added, &pos, &key, &len, &value)) {
+		if (map_get(s->removed, key, len) == NULL && map_get(s->added, key, len) == NULL)
+			map_put(s->added, key, len, value);
+		else
+			free(((struct staged_packet *)value)->dest),
+				free(((struct staged_packet *)value)->data), free(value);
+	}
+	map_free(b->added);
+	b->added = map_new();
+	pos = 0;
+	while (map_next(b->meta, &pos, &key, &len, &value)) {
+		if (map_get(s->meta, key, len) == NULL)
+			map_put(s->meta, key, len, value);
+		else
+			free(value);
+	}
+	map_free(b->meta);
+	b->meta = map_new();
+	batch_free(b);
+}
+
+static int write_agent(struct store *s, const struct agent_row *row, double now)
+{
+	sqlite3_stmt *st;
+
+	if (!row->exists) {
+		st = s->delete_agent;
+		sqlite3_bind_text(st, 1, row->id, -1, SQLITE_STATIC);
+		return step_done(st);
+	}
+	st = s->upsert_agent;
+	sqlite3_bind_text(st, 1, row->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, row->status, -1, SQLITE_STATIC);
+	if (row->attached) {
+		sqlite3_bind_int64(st, 3, row->worker);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)row->conn);
+	}
+	sqlite3_bind_int(st, 5, row->attached);
+	sqlite3_bind_double(st, 6, row->last_ping);
+	sqlite3_bind_double(st, 7, row->disconnect_time);
+	sqlite3_bind_double(st, 8, now);
+	return step_done(st);
+}
+
+static int write_batch(struct store *s, const struct batch *b)
+{
+	size_t pos = 0, len;
+	const void *key;
+	void *value;
+
+	while (map_next(b->removed, &pos, &key, NULL, &value)) {
 		uint64_t seq;
 		memcpy(&seq, key, sizeof seq);
 		sqlite3_bind_int64(s->delete_packet, 1, (sqlite3_int64)seq);
@@ -312,7 +498,7 @@ static int write_staged(struct store *s, const struct route *r, double now)
 			return -1;
 	}
 	pos = 0;
-	while (map_next(s->added, &pos, &key, NULL, &value)) {
+	while (map_next(b->added, &pos, &key, NULL, &value)) {
 		const struct staged_packet *p = value;
 		uint64_t seq;
 		memcpy(&seq, key, sizeof seq);
@@ -323,12 +509,11 @@ static int write_staged(struct store *s, const struct route *r, double now)
 		if (step_done(s->insert_packet) < 0)
 			return -1;
 	}
-	pos = 0;
-	while (map_next(s->agents, &pos, &key, NULL, NULL))
-		if (write_agent(s, r, key, now) < 0)
+	for (size_t i = 0; i < b->nrows; i++)
+		if (write_agent(s, &b->rows[i], b->now) < 0)
 			return -1;
 	pos = 0;
-	while (map_next(s->meta, &pos, &key, &len, &value)) {
+	while (map_next(b->meta, &pos, &key, &len, &value)) {
 		sqlite3_bind_text(s->set_meta, 1, key, (int)len, SQLITE_STATIC);
 		sqlite3_bind_text(s->set_meta, 2, value, -1, SQLITE_STATIC);
 		if (step_done(s->set_meta) < 0)
@@ -337,35 +522,234 @@ static int write_staged(struct store *s, const struct route *r, double now)
 	return 0;
 }
 
-int store_commit(struct store *s, const struct route *r, double now)
+/* One transaction; on failure b->failed and b->error say why. */
+static void commit_batch(struct store *s, struct batch *b)
 {
 	char *msg = NULL;
 
-	if (!store_has_staged(s))
-		return 0;
 	if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-	    write_staged(s, r, now) < 0 ||
+	    write_batch(s, b) < 0 ||
 	    sqlite3_exec(s->db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
-		s->failures++;
-		if (!s->failing || time(NULL) - s->last_failure_log >= 60) {
-			log_error("state database: cannot write (%s); routing goes on in "
-				  "memory and the write is retried (%llu failures so far)",
-				  msg ? msg : sqlite3_errmsg(s->db),
-				  (unsigned long long)s->failures);
-			s->last_failure_log = time(NULL);
-		}
+		b->failed = 1;
+		snprintf(b->error, sizeof b->error, "%s", msg ? msg : sqlite3_errmsg(s->db));
 		sqlite3_free(msg);
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-		s->failing = 1;
+	}
+}
+
+/* ---- the writer thread ----
+ * SQLite maps the WAL index (state.db-shm) into memory: when that file is
+ * truncated under the router, or its disk fails, reading it is a SIGBUS.
+ * Only the writer thread touches it; the handler takes that thread out of
+ * SQLite (nothing else in the process uses SQLite once it runs), the store
+ * is given up, and routing goes on in memory. Elsewhere SIGBUS stays
+ * fatal. */
+
+static __thread sigjmp_buf *writer_jump;
+
+static void sigbus_handler(int sig)
+{
+	if (writer_jump != NULL)
+		siglongjmp(*writer_jump, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void notify_loop(struct store *s)
+{
+	char byte = 1;
+
+	while (write(s->notify[1], &byte, 1) < 0 && errno == EINTR)
+		;
+}
+
+static void *writer_main(void *arg)
+{
+	struct store *s = arg;
+	sigjmp_buf jump;
+	sigset_t bus;
+
+	sigemptyset(&bus);
+	sigaddset(&bus, SIGBUS);
+	pthread_sigmask(SIG_UNBLOCK, &bus, NULL);
+	if (sigsetjmp(jump, 1) != 0) {
+		writer_jump = NULL;
+		pthread_mutex_lock(&s->lock);
+		s->dead = 1;
+		if (s->busy != NULL) {
+			s->busy->failed = 1;
+			snprintf(s->busy->error, sizeof s->busy->error,
+				 "SIGBUS reading the database's WAL index (%s-shm truncated, "
+				 "or its disk failed)", sqlite3_db_filename(s->db, "main"));
+			s->done = s->busy;
+			s->busy = NULL;
+		}
+		batch_free(s->todo); /* nobody will write it */
+		s->todo = NULL;
+		pthread_mutex_unlock(&s->lock);
+		notify_loop(s);
+		return NULL;
+	}
+	writer_jump = &jump;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct batch *b;
+
+		while (s->todo == NULL && !s->stopping)
+			pthread_cond_wait(&s->wake, &s->lock);
+		if (s->todo == NULL)
+			break;
+		b = s->busy = s->todo;
+		s->todo = NULL;
+		pthread_mutex_unlock(&s->lock);
+		commit_batch(s, b);
+		pthread_mutex_lock(&s->lock);
+		s->busy = NULL;
+		s->done = b;
+		pthread_mutex_unlock(&s->lock);
+		notify_loop(s);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	writer_jump = NULL;
+	return NULL;
+}
+
+int store_start(struct store *s, char *err, size_t errlen)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = sigbus_handler;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_NODEFER;
+	if (pipe2(s->notify, O_CLOEXEC | O_NONBLOCK) < 0 || sigaction(SIGBUS, &sa, NULL) < 0) {
+		snprintf(err, errlen, "cannot start the database writer: %s", strerror(errno));
+		return -1;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->wake, NULL);
+	if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+		snprintf(err, errlen, "cannot start the database writer thread");
+		return -1;
+	}
+	s->started = 1;
+	return 0;
+}
+
+int store_notify_fd(const struct store *s) { return s->started ? s->notify[0] : -1; }
+
+int store_busy(struct store *s)
+{
+	int busy;
+
+	if (!s->started)
+		return 0;
+	pthread_mutex_lock(&s->lock);
+	busy = s->todo != NULL || s->busy != NULL || s->done != NULL;
+	pthread_mutex_unlock(&s->lock);
+	return busy;
+}
+
+static void log_failure(struct store *s, const char *why)
+{
+	s->failures++;
+	if (!s->failing || time(NULL) - s->last_failure_log >= 60) {
+		log_error("state database: cannot write (%s); routing goes on in memory "
+			  "and the write is retried (%llu failures so far)", why,
+			  (unsigned long long)s->failures);
+		s->last_failure_log = time(NULL);
+	}
+	s->failing = 1;
+}
+
+int store_commit_begin(struct store *s, const struct route *r, double now)
+{
+	struct batch *b;
+
+	if (s->dead || !store_has_staged(s) || store_busy(s))
+		return 0;
+	b = batch_make(s, r, now);
+	if (!s->started) { /* no thread (tests): here and now */
+		commit_batch(s, b);
+		s->done = b;
+		return 1;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->todo = b;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	return 1;
+}
+
+int store_commit_end(struct store *s)
+{
+	struct batch *b;
+	char drain[64];
+	int dead;
+
+	if (s->started)
+		while (read(s->notify[0], drain, sizeof drain) > 0)
+			;
+	if (s->started)
+		pthread_mutex_lock(&s->lock);
+	b = s->done;
+	s->done = NULL;
+	dead = s->dead;
+	if (s->started)
+		pthread_mutex_unlock(&s->lock);
+	if (b == NULL)
+		return 0;
+	if (dead) {
+		s->gave_up = 1;
+		log_error("state database: %s; it is not used any more: routing goes on "
+			  "in memory, and nothing is stored until the router is restarted",
+			  b->failed ? b->error : "its writer is gone");
+		batch_free(b);
+		staged_clear(s);
+		return -1;
+	}
+	if (b->failed) {
+		log_failure(s, b->error);
+		batch_restage(s, b);
 		return -1;
 	}
 	if (s->failing)
 		log_info("state database: writing again after %llu failures",
 			 (unsigned long long)s->failures);
 	s->failing = 0;
-	staged_clear(s);
-	return 0;
+	batch_free(b);
+	return 1;
 }
+
+/* Wait until the writer holds no batch, and take its result. */
+static int store_wait(struct store *s)
+{
+	struct timespec ms = { 0, 1000000 };
+
+	while (s->started) {
+		int pending;
+
+		pthread_mutex_lock(&s->lock);
+		pending = s->todo != NULL || s->busy != NULL;
+		pthread_mutex_unlock(&s->lock);
+		if (!pending)
+			break;
+		nanosleep(&ms, NULL);
+	}
+	return store_commit_end(s);
+}
+
+int store_commit(struct store *s, const struct route *r, double now)
+{
+	int rc = store_wait(s) < 0 ? -1 : 0;
+
+	if (store_commit_begin(s, r, now) && store_wait(s) < 0)
+		rc = -1;
+	return s->dead ? -1 : rc;
+}
+
+int store_failed(const struct store *s) { return s->gave_up; }
 
 /* ---- recovery ---- */
 

@@ -3,9 +3,14 @@
  * The routing state machine reports what changed (route_changes()); the
  * store stages those changes in memory, coalescing them (an agent changed
  * ten times is written once; a packet queued and delivered before the
- * commit is never written), and writes them in one transaction per loop
- * turn. When a commit fails (disk full, I/O error) the staged changes are
- * kept and retried; routing goes on in memory meanwhile. */
+ * commit is never written), and writes them in one transaction at a time,
+ * on a thread of its own (store_start()), so that a slow or stalled disk
+ * never holds up routing: while one batch is written, the next is staged.
+ * When a commit fails (disk full, read-only, I/O error) its changes are
+ * staged again and retried; routing goes on in memory meanwhile. A SIGBUS
+ * in SQLite's memory-mapped WAL index (the -shm file truncated, a failing
+ * disk) ends the writer thread, not the process: the store is then given
+ * up (store_failed()) until a restart. */
 #ifndef MR_STORE_H
 #define MR_STORE_H
 
@@ -28,13 +33,28 @@ void store_close(struct store *s);
 int store_load(struct store *s, struct route *r, double now, size_t *agents,
 	       size_t *packets, char *err, size_t errlen);
 
+/* Start the writer thread; from then on only it uses the database. */
+int store_start(struct store *s, char *err, size_t errlen);
+
 /* Stage route changes (copied). */
 void store_stage(struct store *s, const struct route_change *c, size_t n);
-/* Write everything staged in one transaction, reading agents' current
- * state from r. Returns 0 (also when there was nothing to write) or -1
- * (logged; the changes stay staged for the next try). */
-int store_commit(struct store *s, const struct route *r, double now);
 int store_has_staged(const struct store *s);
+
+/* Hand everything staged to the writer as one transaction, reading agents'
+ * current state from r now. Returns 1, or 0 when there is nothing staged
+ * or the writer still has a batch. Its end is signalled on
+ * store_notify_fd() (readable), after which store_commit_end() returns 1
+ * (committed), -1 (failed: logged, staged again; or the store was given
+ * up), or 0 (nothing finished yet). Without store_start() the batch is
+ * written at once, and store_commit_end() gives its result. */
+int store_commit_begin(struct store *s, const struct route *r, double now);
+int store_notify_fd(const struct store *s);
+int store_commit_end(struct store *s);
+int store_failed(const struct store *s);
+
+/* Both, waiting for the writer: everything staged is written (or failed)
+ * when it returns 0 (or -1). */
+int store_commit(struct store *s, const struct route *r, double now);
 
 /* Set one router_meta row now. Returns 0 or -1 (logged). */
 int store_set_meta(struct store *s, const char *key, const char *value);

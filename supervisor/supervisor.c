@@ -73,7 +73,9 @@ struct supervisor {
 	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
 	struct event *signals[4];
 	struct event *tick;
-	struct event *commit; /* writes the staged state changes */
+	struct event *commit; /* hands the staged state changes to the writer */
+	struct event *committed; /* the writer finished a batch */
+	uint64_t commit_epoch; /* route_change_epoch() of the batch being written */
 	struct event *flush;  /* hands the IPC packed this turn to the workers */
 	struct event *kill_timer;
 	int shutting_down;
@@ -768,19 +770,33 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 static void commit_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct supervisor *sup = arg;
-	struct timeval retry = { 1, 0 };
+	uint64_t epoch = route_change_epoch(sup->route);
 
 	(void)fd;
 	(void)what;
-	uint64_t epoch = route_change_epoch(sup->route);
+	if (store_commit_begin(sup->store, sup->route, now_epoch()))
+		sup->commit_epoch = epoch;
+}
 
-	if (store_commit(sup->store, sup->route, now_epoch()) < 0) {
-		evtimer_add(sup->commit, &retry);
-		return;
+static void committed_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct timeval retry = { 1, 0 };
+	int rc = store_commit_end(sup->store);
+
+	(void)fd;
+	(void)what;
+	if (rc > 0) {
+		/* Requests waiting for their packet to be stored are answered. */
+		route_changes_durable(sup->route, sup->commit_epoch);
+		dispatch_actions(sup);
 	}
-	/* Requests waiting for their packet to be stored can be answered. */
-	route_changes_durable(sup->route, epoch);
-	dispatch_actions(sup);
+	if (store_failed(sup->store) || !store_has_staged(sup->store))
+		return;
+	if (rc < 0)
+		evtimer_add(sup->commit, &retry);
+	else
+		event_active(sup->commit, EV_TIMEOUT, 0);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -860,6 +876,14 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 			log_info("recovered %zu agents and %zu queued packets from %s in "
 				 "%.0f ms", agents, packets, cfg->state_path,
 				 (now_monotonic() - started) * 1000);
+		if (store_start(sup.store, err, sizeof err) < 0) {
+			fprintf(stderr, "mephisto-router: %s\n", err);
+			sup.exit_code = EXIT_CONFIG;
+			goto stop;
+		}
+		sup.committed = event_new(sup.base, store_notify_fd(sup.store),
+					  EV_READ | EV_PERSIST, committed_cb, &sup);
+		event_add(sup.committed, NULL);
 		dispatch_actions(&sup);
 	}
 	for (size_t i = 0; i < 4; i++) {
@@ -891,6 +915,8 @@ stop:
 	if (store_commit(sup.store, sup.route, now_epoch()) < 0)
 		log_error("state database: the last changes could not be written");
 	event_free(sup.commit);
+	if (sup.committed != NULL)
+		event_free(sup.committed);
 	event_free(sup.flush);
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++)
 		msgpack_sbuffer_destroy(&sup.workers[i].out);
