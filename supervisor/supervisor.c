@@ -907,6 +907,17 @@ stop:
 		if (w->respawn_timer != NULL)
 			event_free(w->respawn_timer);
 	}
+	/* Stopping already: a further SIGTERM (a launcher forwarding one more)
+	 * must not kill the process before its last commit. */
+	{
+		sigset_t stop;
+
+		sigemptyset(&stop);
+		sigaddset(&stop, SIGTERM);
+		sigaddset(&stop, SIGINT);
+		sigaddset(&stop, SIGHUP);
+		sigprocmask(SIG_BLOCK, &stop, NULL);
+	}
 	for (size_t i = 0; i < 4; i++)
 		if (sup.signals[i] != NULL)
 			event_free(sup.signals[i]);
