@@ -39,6 +39,41 @@ int log_level_parse(const char *name, enum log_level *out)
 	return -1;
 }
 
+/* Messages quote what clients sent (agent ids, versions, reasons): a line
+ * must stay one line and plain text whatever they hold, so control
+ * characters, backslashes and bytes outside ASCII are written as \xNN
+ * (\n, \r, \t by name), and the message is cut to fit out (outlen - 1
+ * bytes and a NUL). Returns the length written. */
+static size_t escape(char *out, size_t outlen, const char *in)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	for (const unsigned char *c = (const unsigned char *)in; *c; c++) {
+		char e[4];
+		size_t len = 1;
+
+		e[0] = (char)*c;
+		if (*c == '\n' || *c == '\r' || *c == '\t' || *c == '\\') {
+			e[0] = '\\';
+			e[1] = *c == '\n' ? 'n' : *c == '\r' ? 'r' : *c == '\t' ? 't' : '\\';
+			len = 2;
+		} else if (*c < 0x20 || *c >= 0x7f) {
+			e[0] = '\\';
+			e[1] = 'x';
+			e[2] = hex[*c >> 4];
+			e[3] = hex[*c & 15];
+			len = 4;
+		}
+		if (n + len >= outlen)
+			break;
+		memcpy(out + n, e, len);
+		n += len;
+	}
+	out[n] = '\0';
+	return n;
+}
+
 static void log_write(enum log_level level, const char *fmt, va_list ap)
 {
 	char line[2048];
@@ -55,9 +90,12 @@ static void log_write(enum log_level level, const char *fmt, va_list ap)
 	}
 	n += (size_t)snprintf(line + n, sizeof line - n, "%s %s: ",
 			      level_names[level], process);
-	if (n < sizeof line - 1)
-		vsnprintf(line + n, sizeof line - 1 - n, fmt, ap);
-	n = strlen(line);
+	if (n < sizeof line - 1) {
+		char text[1024];
+
+		vsnprintf(text, sizeof text, fmt, ap);
+		n += escape(line + n, sizeof line - 1 - n, text);
+	}
 	line[n++] = '\n';
 	/* One write(2) per line so lines of several processes do not mix. */
 	if (write(STDERR_FILENO, line, n) < 0)
