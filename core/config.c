@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include "cidr.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -12,7 +13,7 @@
 #include <unistd.h>
 
 enum key_type { KEY_INT, KEY_SIZE, KEY_SECONDS, KEY_PATH, KEY_ADDRESS, KEY_LOG_LEVEL,
-		KEY_VERSION };
+		KEY_VERSION, KEY_CIDRS };
 
 struct key {
 	const char *name;
@@ -50,6 +51,8 @@ static const struct key keys[] = {
 	{ "max_body_bytes", KEY_SIZE, OFF(max_body_bytes), "100M", 1024, 1LL << 40, 1 },
 	{ "backend_max_frame_bytes", KEY_SIZE, OFF(backend_max_frame_bytes), "1M", 8192, 1 << 30, 1 },
 	{ "mephisto_task_version", KEY_VERSION, OFF(mephisto_task_version), "2.0.4", 0, 0, 1 },
+	{ "backend_allow", KEY_CIDRS, OFF(backend_allow), "127.0.0.0/8, ::1", 0, 0, 1 },
+	{ "trusted_proxies", KEY_CIDRS, OFF(trusted_proxies), "none", 0, 0, 1 },
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -152,6 +155,17 @@ int config_set(struct config *c, const char *key, const char *value,
 		}
 		strcpy(field, value);
 		return 0;
+	case KEY_CIDRS: {
+		struct cidr_list list;
+		if (cidr_list_parse(value, &list, why, sizeof why) < 0)
+			goto invalid;
+		if (strlen(value) >= sizeof c->backend_allow) {
+			snprintf(why, sizeof why, "too long");
+			goto invalid;
+		}
+		strcpy(field, value);
+		return 0;
+	}
 	case KEY_LOG_LEVEL: {
 		enum log_level level;
 		if (log_level_parse(value, &level) < 0) {
@@ -310,6 +324,7 @@ static void format_value(const struct config *c, const struct key *k,
 	case KEY_PATH:
 	case KEY_ADDRESS:
 	case KEY_VERSION:
+	case KEY_CIDRS:
 		snprintf(out, outlen, "%s", field);
 		break;
 	case KEY_LOG_LEVEL:
@@ -354,6 +369,7 @@ static size_t field_size(enum key_type type)
 	case KEY_PATH: return PATH_MAX;
 	case KEY_ADDRESS: return sizeof ((struct config *)0)->listen_address;
 	case KEY_VERSION: return sizeof ((struct config *)0)->mephisto_task_version;
+	case KEY_CIDRS: return sizeof ((struct config *)0)->backend_allow;
 	}
 	return 0;
 }
@@ -371,7 +387,7 @@ int config_reload(struct config *running, const struct config *loaded,
 		const char *src = (const char *)loaded + keys[i].offset;
 		size_t size = field_size(keys[i].type);
 		int is_text = keys[i].type == KEY_PATH || keys[i].type == KEY_ADDRESS ||
-			      keys[i].type == KEY_VERSION;
+			      keys[i].type == KEY_VERSION || keys[i].type == KEY_CIDRS;
 
 		if (is_text ? strcmp(dst, src) == 0 : memcmp(dst, src, size) == 0)
 			continue;

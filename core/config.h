@@ -38,7 +38,14 @@ struct config {
 	int64_t max_body_bytes;       /* POST body, uploads included */
 	int64_t backend_max_frame_bytes;
 	char mephisto_task_version[64];
+	/* address lists (core/cidr.h), as written */
+	char backend_allow[1024];   /* who may become the backend channel */
+	char trusted_proxies[1024]; /* whose X-Forwarded-For is believed */
 };
+
+_Static_assert(sizeof ((struct config *)0)->backend_allow ==
+		       sizeof ((struct config *)0)->trusted_proxies,
+	       "config.c sizes every address list as backend_allow");
 
 /* Fill every key with its default. */
 void config_defaults(struct config *c);

@@ -35,6 +35,7 @@ struct worker_stats {
 	uint64_t refused_connections; /* over max_connections */
 	uint64_t backpressure_pauses;
 	uint64_t invalid_packets;
+	uint64_t backend_refused; /* alive as "mephisto" from outside backend_allow */
 };
 
 extern struct config worker_cfg;

@@ -21,14 +21,19 @@
  * written buffer (LWS-NOTES trap 1). */
 #include "worker.h"
 
+#include "../core/cidr.h"
 #include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
 #include "../core/wsframe.h"
 #include "wire.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 struct out_msg {
 	struct out_msg *next;
@@ -47,6 +52,8 @@ struct conn {
 	uint32_t close_code; /* close once the queue is sent */
 	int paused;
 	int backend; /* carried the backend's alive: writes reported at once */
+	int may_be_backend; /* its client's address is in backend_allow */
+	char client[64];    /* that address, for the log */
 	int warned; /* an invalid packet was logged */
 	uint64_t invalid_packets;
 };
@@ -205,7 +212,108 @@ static int close_with(struct lws *wsi, uint32_t code, const char *why)
 
 static const char *fields_too_long(const struct ipc_packet_fields *f);
 
-static void forward_packet(struct conn *c, const char *text, size_t len)
+/* ---- who may become the backend (backend_allow, trusted_proxies) ---- */
+
+static struct cidr_list backend_allow, trusted_proxies;
+static char parsed_allow[sizeof worker_cfg.backend_allow] = "\x01";
+static char parsed_proxies[sizeof worker_cfg.trusted_proxies] = "\x01";
+static struct {
+	char addr[64];
+} refused_logged[64]; /* addresses already logged (then only counted) */
+static size_t nrefused_logged;
+
+/* The lists as configured now (the config may have been reloaded). */
+static void access_lists_update(void)
+{
+	char err[128];
+
+	if (strcmp(parsed_allow, worker_cfg.backend_allow) != 0) {
+		if (cidr_list_parse(worker_cfg.backend_allow, &backend_allow, err, sizeof err) < 0)
+			memset(&backend_allow, 0, sizeof backend_allow); /* checked at load */
+		snprintf(parsed_allow, sizeof parsed_allow, "%s", worker_cfg.backend_allow);
+		nrefused_logged = 0;
+	}
+	if (strcmp(parsed_proxies, worker_cfg.trusted_proxies) != 0) {
+		if (cidr_list_parse(worker_cfg.trusted_proxies, &trusted_proxies, err,
+				    sizeof err) < 0)
+			memset(&trusted_proxies, 0, sizeof trusted_proxies);
+		snprintf(parsed_proxies, sizeof parsed_proxies, "%s", worker_cfg.trusted_proxies);
+	}
+}
+
+/* The client's address: the peer's, or, when the peer is a trusted proxy,
+ * the last address of X-Forwarded-For that is not one (each proxy appends
+ * the address it got the request from, so only the right end is known to
+ * be true). Writes it as text into c->client and decides may_be_backend. */
+static void conn_identify(struct lws *wsi, struct conn *c)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	char xff[1024];
+	const void *addr;
+
+	access_lists_update();
+	snprintf(c->client, sizeof c->client, "unknown");
+	if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss, &sl) < 0)
+		return;
+	addr = ss.ss_family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+				       : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+	if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)
+		return;
+	inet_ntop(ss.ss_family, addr, c->client, sizeof c->client);
+	if (!cidr_list_match_sockaddr(&trusted_proxies, (struct sockaddr *)&ss)) {
+		c->may_be_backend = cidr_list_match_sockaddr(&backend_allow, (struct sockaddr *)&ss);
+		return;
+	}
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR) <= 0 ||
+	    lws_hdr_copy(wsi, xff, sizeof xff, WSI_TOKEN_X_FORWARDED_FOR) <= 0) {
+		c->may_be_backend = cidr_list_match_sockaddr(&backend_allow, (struct sockaddr *)&ss);
+		return;
+	}
+	for (;;) {
+		char *comma = strrchr(xff, ','), *hop = comma ? comma + 1 : xff;
+		size_t n;
+
+		while (*hop == ' ' || *hop == '\t')
+			hop++;
+		n = strcspn(hop, " \t");
+		hop[n] = '\0';
+		if (comma == NULL || !cidr_list_match_text(&trusted_proxies, hop)) {
+			snprintf(c->client, sizeof c->client, "%.63s", hop);
+			c->may_be_backend = cidr_list_match_text(&backend_allow, hop);
+			return;
+		}
+		*comma = '\0';
+	}
+}
+
+/* An alive as "mephisto" from an address that may not be the backend:
+ * refused (the socket is closed), logged once per address by each worker
+ * (the first 64 addresses), counted. */
+static int refuse_backend(struct lws *wsi, struct conn *c)
+{
+	size_t i;
+
+	worker_stats.backend_refused++;
+	for (i = 0; i < nrefused_logged; i++)
+		if (strcmp(refused_logged[i].addr, c->client) == 0)
+			break;
+	if (i == nrefused_logged) {
+		log_warn("conn %llu from %s said it is the Mephisto backend; refused: "
+			 "that address is not in backend_allow (%s). Add it there to let "
+			 "a remote backend in (%llu refused by this worker so far; each "
+			 "address is logged once)", (unsigned long long)c->id, c->client,
+			 worker_cfg.backend_allow,
+			 (unsigned long long)worker_stats.backend_refused);
+		if (nrefused_logged < sizeof refused_logged / sizeof refused_logged[0])
+			snprintf(refused_logged[nrefused_logged++].addr,
+				 sizeof refused_logged[0].addr, "%s", c->client);
+	}
+	return close_with(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+			  "this address may not be the Mephisto backend");
+}
+
+static int forward_packet(struct lws *wsi, struct conn *c, const char *text, size_t len)
 {
 	struct wire_packet p;
 	const char *bound;
@@ -227,14 +335,20 @@ static void forward_packet(struct conn *c, const char *text, size_t len)
 				 (unsigned long long)c->id, why);
 		}
 		wire_packet_free(&p);
-		return;
+		return 0;
 	}
 	if (p.f.type == PKT_ALIVE && p.f.subject_id != NULL &&
-	    strcmp(p.f.subject_id, PACKET_MEPHISTO) == 0)
+	    strcmp(p.f.subject_id, PACKET_MEPHISTO) == 0) {
+		if (!c->may_be_backend) {
+			wire_packet_free(&p);
+			return refuse_backend(wsi, c);
+		}
 		c->backend = 1;
+	}
 	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
 	worker_ipc_check();
 	wire_packet_free(&p);
+	return 0;
 }
 
 /* Why the packet's routing fields are out of bounds, or NULL. */
@@ -252,6 +366,7 @@ static const char *fields_too_long(const struct ipc_packet_fields *f)
 static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t len)
 {
 	size_t max = (size_t)worker_cfg.max_message_bytes;
+	int rc;
 
 	if (lws_frame_is_binary(wsi)) {
 		log_info("conn %llu: binary message refused", (unsigned long long)c->id);
@@ -268,8 +383,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 	    lws_remaining_packet_payload(wsi) == 0) {
 		/* The whole message in one piece (the usual case): parse it
 		 * where it is, and keep no buffer for the connection. */
-		forward_packet(c, in, len);
-		return 0;
+		return forward_packet(wsi, c, in, len);
 	}
 	if (c->rx_len + len > c->rx_cap) {
 		size_t cap = c->rx_cap ? c->rx_cap : 4096;
@@ -284,13 +398,13 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 	c->rx_len += len;
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
 		return 0;
-	forward_packet(c, c->rx, c->rx_len);
+	rc = forward_packet(wsi, c, c->rx, c->rx_len);
 	c->rx_len = 0;
 	/* Messages in pieces are rare: keep no buffer per connection. */
 	free(c->rx);
 	c->rx = NULL;
 	c->rx_cap = 0;
-	return 0;
+	return rc;
 }
 
 #define BATCH_BYTES (64 * 1024) /* a write stops growing past this */
@@ -400,6 +514,7 @@ int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	switch (reason) {
 	case LWS_CALLBACK_ESTABLISHED:
 		s->conn = conn_new(wsi);
+		conn_identify(wsi, s->conn);
 		worker_stats.websockets++;
 		ipc_pack_ws_opened(worker_ipc_packer(), s->conn->id);
 		worker_ipc_check();
