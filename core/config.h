@@ -36,6 +36,9 @@ struct config {
 	int64_t max_backend_queue;
 	double max_backend_queue_age; /* s; 0: no age limit */
 	int64_t max_body_bytes;       /* POST body, uploads included */
+	double body_timeout;          /* s a body may take, plus its size at: */
+	int64_t body_min_rate;        /* bytes per second */
+	int64_t body_memory_bytes;    /* bodies held in memory, per worker */
 	int64_t backend_max_frame_bytes;
 	char mephisto_task_version[64];
 	/* address lists (core/cidr.h), as written */

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -137,6 +138,46 @@ static int prepare(sqlite3 *db, sqlite3_stmt **st, const char *sql)
 	return sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+/* The database holds every submission: readable by its owner only. A new
+ * file is created 0600 (SQLite gives its -wal and -shm files the same
+ * mode); once it proved usable, an existing one and those files are made
+ * 0600 (owner_only_fix). */
+static int is_file_path(const char *path)
+{
+	return strcmp(path, ":memory:") != 0 && strncmp(path, "file:", 5) != 0;
+}
+
+static int owner_only_create(const char *path, char *why, size_t whylen)
+{
+	int fd;
+
+	if (!is_file_path(path) || access(path, F_OK) == 0)
+		return 0;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(why, whylen, "%s", strerror(errno));
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static void owner_only_fix(const char *path)
+{
+	static const char *const suffix[] = { "", "-wal", "-shm" };
+	char name[PATH_MAX + 8];
+	struct stat st;
+
+	if (!is_file_path(path))
+		return;
+	for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+		snprintf(name, sizeof name, "%s%s", path, suffix[i]);
+		if (stat(name, &st) == 0 && (st.st_mode & 077) != 0 &&
+		    chmod(name, st.st_mode & 0700) == 0)
+			log_warn("state database: %s was readable by others; made 0600", name);
+	}
+}
+
 struct store *store_open(const char *path, char *err, size_t errlen)
 {
 	struct store *s = calloc(1, sizeof *s);
@@ -145,6 +186,8 @@ struct store *store_open(const char *path, char *err, size_t errlen)
 
 	if (s == NULL)
 		fatal("out of memory");
+	if (owner_only_create(path, why, sizeof why) < 0)
+		goto fail;
 	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
 			    NULL) != SQLITE_OK) {
 		snprintf(why, sizeof why, "%s",
@@ -181,6 +224,7 @@ struct store *store_open(const char *path, char *err, size_t errlen)
 		snprintf(why, sizeof why, "%s", sqlite3_errmsg(s->db));
 		goto fail;
 	}
+	owner_only_fix(path);
 	s->agents = map_new();
 	s->added = map_new();
 	s->removed = map_new();

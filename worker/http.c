@@ -86,6 +86,7 @@ struct http_req {
 	const char *spa_error; /* why, when not just "malformed" */
 	int committed; /* the uploads now belong to the backend */
 	uint64_t pending; /* waiting for the supervisor's answer */
+	size_t memory;    /* its share of body_memory */
 	unsigned char *answer; /* LWS_PRE + headers + body */
 	size_t answer_len;
 	int close_after;
@@ -93,6 +94,9 @@ struct http_req {
 
 /* Requests waiting for the supervisor, by the id sent in HTTP_REQUEST. */
 static struct idtable pending;
+
+/* Bytes of request bodies held in memory now (body_memory_bytes). */
+static size_t body_memory;
 
 /* mephisto-task versions this worker already reported. */
 static char *reported_versions[32];
@@ -174,6 +178,7 @@ static void req_free(struct session *s)
 		return;
 	if (r->pending)
 		idtable_del(&pending, r->pending);
+	body_memory -= r->memory;
 	if (r->spa != NULL)
 		lws_spa_destroy(r->spa);
 	if (r->fd >= 0)
@@ -540,7 +545,8 @@ static int upload_cb(void *data, const char *name, const char *filename,
 		sprintf(u->path, "%s%s%s", dir, dirlen && dir[dirlen - 1] == '/' ? "" : "/",
 			u->stored);
 		r->nfiles++;
-		r->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+		r->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			     0600);
 		if (r->fd < 0) {
 			log_error("cannot store upload %s: %s", u->path, strerror(errno));
 			return -1;
@@ -918,7 +924,7 @@ static int post_start(struct lws *wsi, struct session *s, const char *uri)
 	char value[256];
 	long long length;
 	char *end;
-	size_t i;
+	size_t i, in_memory;
 
 	for (i = 0; i < sizeof posts / sizeof posts[0]; i++)
 		if (strcmp(uri, posts[i].path) == 0)
@@ -931,10 +937,17 @@ static int post_start(struct lws *wsi, struct session *s, const char *uri)
 		/* lws cannot read chunked bodies (LWS-NOTES trap 5) */
 		return answer_error(wsi, s, HTTP_STATUS_LENGTH_REQUIRED,
 				    "Content-Length is required", 1);
-	length = strtoll(value, &end, 10);
-	if (end == value || *end != '\0' || length < 0)
+	/* Both: a proxy in front that honours Transfer-Encoding would see
+	 * another request than this one (request smuggling). */
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+				    "Transfer-Encoding with Content-Length", 1);
+	/* Digits only: strtoll() also takes "+42", " 42" and "0x"-less junk. */
+	if (value[0] == '\0' || strspn(value, "0123456789") != strlen(value) ||
+	    strlen(value) > 18)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
 				    "bad Content-Length", 1);
+	length = strtoll(value, &end, 10);
 	if (length > worker_cfg.max_body_bytes) {
 		snprintf(value, sizeof value, "the body is larger than max_body_bytes (%lld)",
 			 (long long)worker_cfg.max_body_bytes);
@@ -942,11 +955,42 @@ static int post_start(struct lws *wsi, struct session *s, const char *uri)
 	}
 	r->expected = (size_t)length;
 	header_value(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, value, sizeof value);
+	/* Only uploaded files may make a body large (they go to disk): what
+	 * is kept in memory becomes the packet for the backend, bounded by
+	 * backend_max_frame_bytes (form fields get twice that, so that a
+	 * field too large for the packet is a 413 from post_complete(), not a
+	 * storage overflow). */
+	in_memory = strncasecmp(value, "multipart/form-data", 19) == 0
+			    ? (size_t)(length < 2 * worker_cfg.backend_max_frame_bytes
+					       ? length : 2 * worker_cfg.backend_max_frame_bytes) + 1024
+			    : (size_t)length + 1;
+	if (strncasecmp(value, "multipart/form-data", 19) != 0 &&
+	    length > worker_cfg.backend_max_frame_bytes) {
+		snprintf(value, sizeof value, "a JSON body larger than backend_max_frame_bytes "
+			 "(%lld) cannot become a packet for the backend",
+			 (long long)worker_cfg.backend_max_frame_bytes);
+		return answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, value, 1);
+	}
+	if (body_memory + in_memory > (size_t)worker_cfg.body_memory_bytes) {
+		worker_stats.bodies_refused++;
+		log_warn("request bodies in memory would exceed body_memory_bytes (%lld); "
+			 "answered 503 (%llu so far)", (long long)worker_cfg.body_memory_bytes,
+			 (unsigned long long)worker_stats.bodies_refused);
+		return answer_error(wsi, s, HTTP_STATUS_SERVICE_UNAVAILABLE,
+				    "too many requests in progress; try again", 1);
+	}
+	r->memory = in_memory;
+	body_memory += in_memory;
+	/* The whole body within body_timeout plus its size at body_min_rate:
+	 * a body that trickles in is cut off, whatever its pace. */
+	lws_set_timer_usecs(wsi, (lws_usec_t)((worker_cfg.body_timeout +
+					       (double)length / (double)worker_cfg.body_min_rate) *
+					      LWS_US_PER_SEC));
 	if (strncasecmp(value, "multipart/form-data", 19) == 0) {
 		lws_spa_create_info_t info = {
 			.param_names = form_fields,
 			.count_params = (int)(sizeof form_fields / sizeof form_fields[0]),
-			.max_storage = (int)(length + 1024),
+			.max_storage = (int)in_memory,
 			.opt_cb = upload_cb,
 			.opt_data = s,
 		};
@@ -1054,9 +1098,19 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_BODY:
 		return post_body(wsi, s, in, len);
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
 		if (s->req == NULL || s->req->answer != NULL || s->req->pending)
 			return 0;
 		return post_complete(wsi, s);
+	case LWS_CALLBACK_TIMER: /* the body's deadline (post_start) */
+		if (s->req == NULL || s->req->answer != NULL || s->req->pending)
+			return 0;
+		worker_stats.body_timeouts++;
+		log_info("a request body was not complete in time (%zu of %zu bytes); "
+			 "answered 408 (%llu so far)", s->req->len, s->req->expected,
+			 (unsigned long long)worker_stats.body_timeouts);
+		return answer_error(wsi, s, HTTP_STATUS_REQUEST_TIMEOUT,
+				    "the request body did not arrive in time", 1);
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return on_writeable(wsi, s);
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:

@@ -350,6 +350,7 @@ static int needs_session(enum lws_callback_reasons reason)
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_TIMER:
 		return 1;
 	default:
 		return 0;
@@ -389,6 +390,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_TIMER:
 		return http_callback(wsi, reason, s, in, len);
 	default:
 		break;

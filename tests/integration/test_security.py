@@ -4,6 +4,12 @@ forge. 127.0.0.2 is a second loopback address (all of 127.0.0.0/8 is
 loopback on Linux), so a refused source needs no other host."""
 
 import json
+import socket
+import stat
+import time
+from pathlib import Path
+
+import requests
 
 import websockets.exceptions
 
@@ -101,3 +107,116 @@ def test_agent_id_cannot_forge_a_log_line(router_factory):
     # the id stays inside its own line, its newline written as \n
     assert [l for l in lines if "FORGED" in l] == \
         [l for l in lines if "x\\n2026-01-01" in l and "no reconnection" in l]
+
+
+# ---- strict HTTP and fair limits ----
+
+def raw_request(port, data, wait=5.0, then=None):
+    """Send data on a new connection (then, if given, is called with the
+    socket), and return everything the router answered."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        s.sendall(data)
+        if then is not None:
+            then(s)
+        out = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"}" in out:
+                break
+        return out
+    finally:
+        s.close()
+
+
+def status_of(answer):
+    line = answer.split(b"\r\n", 1)[0]
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+SUBMIT = json.dumps({"USED_AGENT_ID": "a1", "final_data": {"x": 1}}).encode()
+
+
+def post_head(length, extra=b""):
+    return (b"POST /submit_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(length).encode() + b"\r\n" + extra + b"\r\n")
+
+
+def test_transfer_encoding_with_content_length_is_400(router):
+    answer = raw_request(router.port, post_head(len(SUBMIT),
+                         b"Transfer-Encoding: chunked\r\n") + SUBMIT)
+    assert status_of(answer) == 400, answer[:200]
+    assert b"Transfer-Encoding" in answer
+
+
+def test_content_length_must_be_digits(router):
+    for bad in (b"+42", b" 42x", b"0x10", b"-1"):
+        head = (b"POST /submit_task HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: " + bad + b"\r\n\r\n")
+        answer = raw_request(router.port, head)
+        assert status_of(answer) == 400, (bad, answer[:200])
+
+
+def test_trickling_body_is_cut_off(router_factory):
+    r = router_factory(body_timeout=1, body_min_rate="1M")
+
+    def trickle(s):
+        for _ in range(20):  # 20 bytes over 6 s, far below the rate
+            try:
+                s.sendall(b" ")
+            except OSError:
+                return
+            time.sleep(0.3)
+    started = time.monotonic()
+    answer = raw_request(r.port, post_head(1000), wait=8, then=trickle)
+    assert status_of(answer) == 408, answer[:200]
+    assert time.monotonic() - started < 7
+    assert wait_until(lambda: "not complete in time" in r.log(), 3)
+    assert r.get("/is_alive").status_code == 200
+
+
+def test_json_body_over_the_frame_limit_is_413(router_factory):
+    r = router_factory(backend_max_frame_bytes="16K")
+    answer = raw_request(r.port, post_head(20000))
+    assert status_of(answer) == 413, answer[:200]
+
+
+def test_bodies_in_memory_are_bounded(router_factory):
+    r = router_factory(workers=1, body_memory_bytes="64K", backend_max_frame_bytes="60K")
+    held = socket.create_connection(("127.0.0.1", r.port), timeout=5)
+    try:
+        held.sendall(post_head(50000) + b"{")  # 50 KB announced, held open
+        time.sleep(0.3)
+        answer = raw_request(r.port, post_head(len(SUBMIT) + 20000))
+        assert status_of(answer) == 503, answer[:200]
+        assert wait_until(lambda: "body_memory_bytes" in r.log(), 3)
+    finally:
+        held.close()
+    # once the first is gone, the memory is back
+    assert wait_until(lambda: status_of(raw_request(r.port, post_head(len(SUBMIT) + 20000)
+                                                     + SUBMIT + b" " * 20000)) == 200, 5)
+
+
+def test_state_database_and_uploads_are_owner_only(router):
+    db = Path(router.keys["state_path"])
+    assert wait_until(lambda: db.exists(), 5)
+    for name in (db, Path(str(db) + "-wal"), Path(str(db) + "-shm")):
+        if name.exists():
+            assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+    resp = requests.post(router.url + "/submit_task",
+                         data={"USED_AGENT_ID": "a1", "final_string_data": "{}"},
+                         files={"file": ("f.txt", b"hello")}, timeout=5)
+    # no backend: the answer waits for the commit (200) — or 503 if that fails
+    assert resp.status_code == 200, resp.text
+    uploads = list(Path(router.keys["upload_dir"]).glob("mr-*"))
+    assert uploads
+    for u in uploads:
+        assert stat.S_IMODE(u.stat().st_mode) == 0o600, u
