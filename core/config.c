@@ -47,6 +47,7 @@ static const struct key keys[] = {
 	{ "request_timeout", KEY_SECONDS, OFF(request_timeout), "30", 0.01, 86400, 1 },
 	{ "max_agent_queue", KEY_SIZE, OFF(max_agent_queue), "1000", 1, 1e9, 1 },
 	{ "max_backend_queue", KEY_SIZE, OFF(max_backend_queue), "100000", 1, 1e9, 1 },
+	{ "max_backend_queue_bytes", KEY_SIZE, OFF(max_backend_queue_bytes), "256M", 65536, 1LL << 40, 1 },
 	{ "max_backend_queue_age", KEY_SECONDS, OFF(max_backend_queue_age), "3600", 0, 1e9, 1 },
 	{ "max_body_bytes", KEY_SIZE, OFF(max_body_bytes), "100M", 1024, 1LL << 40, 1 },
 	{ "body_timeout", KEY_SECONDS, OFF(body_timeout), "30", 0.1, 86400, 1 },

@@ -34,6 +34,7 @@ struct config {
 	double request_timeout;   /* s an HTTP request waits for agent_details */
 	int64_t max_agent_queue;
 	int64_t max_backend_queue;
+	int64_t max_backend_queue_bytes;
 	double max_backend_queue_age; /* s; 0: no age limit */
 	int64_t max_body_bytes;       /* POST body, uploads included */
 	double body_timeout;          /* s a body may take, plus its size at: */

@@ -19,6 +19,8 @@ struct qitem {
 	uint64_t seq;
 	double created;
 	int stored; /* a QUEUED change was recorded: the store has (or will have) it */
+	int precious; /* a submission: never dropped for other traffic */
+	const char *subject; /* whose it is (backend queue), in data's allocation */
 	size_t len;
 	char data[];
 };
@@ -29,7 +31,7 @@ struct qitem {
 struct queue {
 	struct qitem *head, *tail;
 	struct qitem *last_sent; /* NULL: nothing in flight */
-	size_t count;
+	size_t count, bytes;
 	size_t inflight_count, inflight_bytes;
 	const char *dest; /* the agent's id or "mephisto" */
 };
@@ -88,6 +90,8 @@ struct route {
 	struct map *waiting; /* request id -> struct waiting */
 	struct map *versions; /* mephisto-task versions already reported */
 	struct map *durable;  /* packet seq -> struct durable_answer */
+	struct map *shares;   /* subject -> size_t bytes of its droppable packets
+			       * in the backend's queue */
 	uint64_t change_epoch; /* route_clear_changes() calls so far */
 	int has_channel;
 	struct endpoint channel;
@@ -193,6 +197,25 @@ static void http_answer(struct route *r, uint32_t worker, uint64_t req,
 	a->len = len;
 }
 
+static void free_waiting(struct waiting *w)
+{
+	if (w != NULL) {
+		free(w->request_id);
+		free(w);
+	}
+}
+
+static char *dump_owned(struct route *r, json_t *obj, size_t *len);
+
+static void http_answer_error(struct route *r, uint32_t worker, uint64_t req,
+			      unsigned int status, const char *message)
+{
+	size_t len;
+	char *body = dump_owned(r, json_pack("{s:s}", "error", message), &len);
+
+	http_answer(r, worker, req, status, body, len);
+}
+
 /* Record what the store must persist. key and data are copied: a queued
  * packet may be dropped or delivered, and freed, before the store reads
  * the change. */
@@ -272,9 +295,11 @@ static void refuse(struct route *r, enum refusal why, const struct packet *p,
 
 /* ---- queues ---- */
 
-static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_t len)
+static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_t len,
+			       const char *subject, int precious)
 {
-	struct qitem *q = malloc(sizeof *q + len + 1);
+	size_t slen = subject ? strlen(subject) + 1 : 0;
+	struct qitem *q = malloc(sizeof *q + len + 1 + slen);
 
 	if (q == NULL)
 		fatal("out of memory");
@@ -282,10 +307,62 @@ static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_
 	q->seq = seq;
 	q->created = now;
 	q->stored = 0;
+	q->precious = precious;
 	q->len = len;
 	memcpy(q->data, data, len);
 	q->data[len] = '\0';
+	q->subject = NULL;
+	if (subject != NULL)
+		q->subject = memcpy(q->data + len + 1, subject, slen);
 	return q;
+}
+
+/* The packet types the backend's queue never drops for other traffic. */
+static int precious_type(enum packet_type t)
+{
+	return t == PKT_SUBMIT_UNIT || t == PKT_SUBMIT_METADATA || t == PKT_SUBMIT_ONBOARDING;
+}
+
+/* The same for a stored packet, from its text (whatever wrote it). */
+static int precious_text(const char *data)
+{
+	json_t *j = json_loads(data, JSON_DECODE_ANY, NULL);
+	const char *t = json_string_value(json_object_get(j, "packet_type"));
+	int precious = t != NULL && precious_type(packet_type_parse(t));
+
+	json_decref(j);
+	return precious;
+}
+
+/* Bytes of droppable packets of subject in the backend's queue. */
+static size_t *share_of(struct route *r, const char *subject, int create)
+{
+	size_t *bytes = map_get(r->shares, subject, strlen(subject));
+
+	if (bytes == NULL && create) {
+		bytes = calloc(1, sizeof *bytes);
+		if (bytes == NULL)
+			fatal("out of memory");
+		map_put(r->shares, subject, strlen(subject), bytes);
+	}
+	return bytes;
+}
+
+static void share_add(struct route *r, struct queue *q, const struct qitem *item, int sign)
+{
+	size_t *bytes;
+
+	if (q != &r->backend || item->precious || item->subject == NULL)
+		return;
+	bytes = share_of(r, item->subject, sign > 0);
+	if (bytes == NULL)
+		return;
+	if (sign > 0) {
+		*bytes += item->len;
+	} else if ((*bytes -= item->len) == 0) {
+		map_del(r->shares, item->subject, strlen(item->subject));
+		free(bytes);
+	}
 }
 
 /* An item off its queue: actions of this turn may still point into it, so
@@ -306,7 +383,7 @@ static void store_item(struct route *r, struct queue *q, struct qitem *item)
 	       item->len);
 }
 
-static void queue_append(struct queue *q, struct qitem *item)
+static void queue_append(struct route *r, struct queue *q, struct qitem *item)
 {
 	if (q->tail != NULL)
 		q->tail->next = item;
@@ -314,6 +391,8 @@ static void queue_append(struct queue *q, struct qitem *item)
 		q->head = item;
 	q->tail = item;
 	q->count++;
+	q->bytes += item->len;
+	share_add(r, q, item, 1);
 }
 
 static struct qitem *first_waiting(const struct queue *q)
@@ -338,6 +417,8 @@ static void queue_unlink(struct route *r, struct queue *q, struct qitem *prev,
 	if (item->stored)
 		change(r, ROUTE_CHANGE_UNQUEUED, q->dest, item->seq, item->created, NULL, 0);
 	q->count--;
+	q->bytes -= item->len;
+	share_add(r, q, item, -1);
 	item->next = NULL;
 }
 
@@ -367,21 +448,120 @@ static void queue_clear(struct route *r, struct queue *q)
 
 static void answer_durable_dropped(struct route *r, uint64_t seq);
 
-/* Drop the oldest waiting packets (never those in flight) beyond max, or
- * older than max_age. */
-static void queue_trim(struct route *r, struct queue *q, size_t max,
-		       double max_age, double now, const char *dest)
+static void log_drops(struct route *r, size_t dropped, const char *dest, size_t max,
+		      double max_age, double now);
+
+/* An agent's queue: drop the oldest waiting packets (never those in
+ * flight) beyond max. */
+static void queue_trim(struct route *r, struct queue *q, size_t max, double now,
+		       const char *dest)
 {
 	size_t dropped = 0;
 	struct qitem *item;
 
-	while ((item = first_waiting(q)) != NULL &&
-	       (q->count > max || (max_age > 0 && now - item->created > max_age))) {
+	while ((item = first_waiting(q)) != NULL && q->count > max) {
 		queue_unlink(r, q, q->last_sent, item);
-		answer_durable_dropped(r, item->seq);
 		retire(r, item);
 		dropped++;
 	}
+	log_drops(r, dropped, dest, max, 0, now);
+}
+
+/* ---- the backend's queue: bounded in packets and in bytes ----
+ * When it is full, a packet makes room by dropping the oldest waiting
+ * packet that is not a submission: first one of its own sender's, when
+ * that sender holds more than an even share of the droppable bytes (one
+ * agent's flood evicts its own packets, not the others'), else anyone's.
+ * A submission is never dropped for other traffic; one that finds the
+ * queue full of submissions is refused (its request hears 503). */
+
+static int backend_full(const struct route *r, size_t adding, size_t adding_bytes)
+{
+	return r->backend.count + adding > r->cfg.max_backend_queue ||
+	       (r->cfg.max_backend_queue_bytes > 0 &&
+		r->backend.bytes + adding_bytes > r->cfg.max_backend_queue_bytes);
+}
+
+/* The oldest waiting packet that may be dropped (of subject, unless NULL),
+ * and its predecessor. */
+static struct qitem *oldest_droppable(struct queue *q, const char *subject,
+				      struct qitem **prev)
+{
+	struct qitem *p = q->last_sent;
+
+	for (struct qitem *it = first_waiting(q); it != NULL; p = it, it = it->next)
+		if (!it->precious &&
+		    (subject == NULL || (it->subject && strcmp(it->subject, subject) == 0))) {
+			*prev = p;
+			return it;
+		}
+	return NULL;
+}
+
+static int over_share(struct route *r, const char *subject)
+{
+	size_t *mine = subject ? share_of(r, subject, 0) : NULL;
+	size_t total = 0, pos = 0;
+	void *value;
+
+	if (mine == NULL)
+		return 0;
+	while (map_next(r->shares, &pos, NULL, NULL, &value))
+		total += *(size_t *)value;
+	return *mine * map_count(r->shares) > total;
+}
+
+static void backend_drop(struct route *r, struct qitem *prev, struct qitem *item)
+{
+	queue_unlink(r, &r->backend, prev, item);
+	answer_durable_dropped(r, item->seq);
+	retire(r, item);
+}
+
+/* Room for one more packet of len bytes from subject; 0, or -1 when only
+ * submissions (and packets in flight) fill the queue. */
+static int backend_make_room(struct route *r, const char *subject, int precious,
+			     size_t len, double now)
+{
+	size_t dropped = 0;
+	int rc = 0;
+
+	while (backend_full(r, 1, len)) {
+		struct qitem *prev = NULL, *victim = NULL;
+
+		if (!precious && over_share(r, subject))
+			victim = oldest_droppable(&r->backend, subject, &prev);
+		if (victim == NULL)
+			victim = oldest_droppable(&r->backend, NULL, &prev);
+		if (victim == NULL) {
+			rc = -1;
+			break;
+		}
+		backend_drop(r, prev, victim);
+		dropped++;
+	}
+	log_drops(r, dropped, "the backend", r->cfg.max_backend_queue, 0, now);
+	return rc;
+}
+
+/* Packets (not submissions) that waited longer than max_backend_queue_age. */
+static void backend_trim_age(struct route *r, double now)
+{
+	size_t dropped = 0;
+	struct qitem *prev, *item;
+	double max_age = r->cfg.max_backend_queue_age;
+
+	while (max_age > 0 && (item = oldest_droppable(&r->backend, NULL, &prev)) != NULL &&
+	       now - item->created > max_age) {
+		backend_drop(r, prev, item);
+		dropped++;
+	}
+	log_drops(r, dropped, "the backend", r->cfg.max_backend_queue, max_age, now);
+}
+
+static void log_drops(struct route *r, size_t dropped, const char *dest, size_t max,
+		      double max_age, double now)
+{
 	if (dropped > 0) {
 		r->stats.packets_dropped += dropped;
 		r->drops_unlogged += dropped;
@@ -488,12 +668,9 @@ static void agent_set_status(struct route *r, struct agent *a, const char *statu
 /* Route a packet to a destination's queue, and on to its connection when
  * it has one with room; a destination without one has its queue stored. */
 static struct qitem *to_queue(struct route *r, struct queue *q, int attached,
-			      struct endpoint at, const char *data, size_t len,
-			      double now)
+			      struct endpoint at, struct qitem *item)
 {
-	struct qitem *item = qitem_new(++r->next_seq, now, data, len);
-
-	queue_append(q, item);
+	queue_append(r, q, item);
 	if (attached) {
 		queue_pump(r, q, at);
 	} else {
@@ -506,19 +683,23 @@ static struct qitem *to_queue(struct route *r, struct queue *q, int attached,
 static void to_agent(struct route *r, struct agent *a, const char *data,
 		     size_t len, double now)
 {
-	to_queue(r, &a->queue, a->attached, a->at, data, len, now);
-	queue_trim(r, &a->queue, r->cfg.max_agent_queue, 0, now, a->id);
+	to_queue(r, &a->queue, a->attached, a->at,
+		 qitem_new(++r->next_seq, now, data, len, NULL, 0));
+	queue_trim(r, &a->queue, r->cfg.max_agent_queue, now, a->id);
 }
 
+/* A packet for the backend from subject (an agent id, or ""); NULL when
+ * the full queue has no room for it (see backend_make_room). */
 static struct qitem *to_backend(struct route *r, const char *data, size_t len,
-				double now)
+				const char *subject, int precious, double now)
 {
-	struct qitem *item = to_queue(r, &r->backend, r->has_channel, r->channel, data,
-				      len, now);
-
-	queue_trim(r, &r->backend, r->cfg.max_backend_queue,
-		   r->has_channel ? 0 : r->cfg.max_backend_queue_age, now, "the backend");
-	return item;
+	if (backend_make_room(r, subject, precious, len, now) < 0) {
+		log_drops(r, 1, "the backend (full of submissions)",
+			  r->cfg.max_backend_queue, 0, now);
+		return NULL;
+	}
+	return to_queue(r, &r->backend, r->has_channel, r->channel,
+			qitem_new(++r->next_seq, now, data, len, subject, precious));
 }
 
 static char *update_status_text(struct route *r, struct agent *a, size_t *len)
@@ -666,6 +847,7 @@ struct route *route_new(const struct route_config *cfg, double now)
 	r->waiting = map_new();
 	r->versions = map_new();
 	r->durable = map_new();
+	r->shares = map_new();
 	r->backend.dest = PACKET_MEPHISTO;
 	r->started = now;
 	return r;
@@ -700,7 +882,13 @@ void route_free(struct route *r)
 	while (map_next(r->durable, &pos, NULL, NULL, &value))
 		free(value);
 	map_free(r->durable);
+
 	queue_clear(r, &r->backend);
+	route_clear_actions(r); /* what queue_clear() retired */
+	pos = 0;
+	while (map_next(r->shares, &pos, NULL, NULL, &value))
+		free(value);
+	map_free(r->shares);
 	route_clear_changes(r);
 	free(r->changes);
 	free(r->actions);
@@ -989,8 +1177,7 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 			queue_unsend(r, &r->backend);
 		r->has_channel = 1;
 		r->channel = (struct endpoint){ worker, conn };
-		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
-			   r->cfg.max_backend_queue_age, now, "the backend");
+		backend_trim_age(r, now);
 		queue_pump(r, &r->backend, r->channel);
 		return;
 	}
@@ -1018,7 +1205,7 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 		return;
 	case PKT_MEPHISTO_BOUND_LIVE_UPDATE:
 	case PKT_LOG_ERROR:
-		to_backend(r, p->payload, p->len, now);
+		to_backend(r, p->payload, p->len, p->subject_id, 0, now);
 		return;
 	case PKT_UPDATE_STATUS:
 		a = agent_get(r, p->subject_id, now);
@@ -1166,7 +1353,15 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 			free(w);
 		}
 	}
-	item = to_backend(r, payload, len, now);
+	item = to_backend(r, payload, len, agent_id ? agent_id : "",
+			  (flags & ROUTE_HTTP_PRECIOUS) != 0, now);
+	if (item == NULL) { /* the backend's queue is full of submissions */
+		if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL)
+			free_waiting(map_del(r->waiting, request_id, strlen(request_id)));
+		http_answer_error(r, worker, req, 503,
+				  "the backend's queue is full; try again");
+		return;
+	}
 	if (flags & ROUTE_HTTP_WAIT_DETAILS)
 		return; /* answered by the backend's agent_details */
 	/* "200" is a promise: given once the packet is written to the
@@ -1192,7 +1387,7 @@ void route_version_mismatch(struct route *r, const char *version,
 		return;
 	}
 	map_put(r->versions, version, strlen(version), r);
-	to_backend(r, payload, len, now);
+	to_backend(r, payload, len, "", 0, now);
 }
 
 void route_tick(struct route *r, double now)
@@ -1203,8 +1398,7 @@ void route_tick(struct route *r, double now)
 			     "the packet could neither be stored nor delivered in time; "
 			     "it stays queued for the backend");
 	if (!r->has_channel)
-		queue_trim(r, &r->backend, r->cfg.max_backend_queue,
-			   r->cfg.max_backend_queue_age, now, "the backend");
+		backend_trim_age(r, now);
 }
 
 double route_next_deadline(const struct route *r)
@@ -1296,7 +1490,8 @@ void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
 {
 	struct queue *q = strcmp(dest, PACKET_MEPHISTO) == 0
 				  ? &r->backend : &agent_get(r, dest, now)->queue;
-	struct qitem *item = qitem_new(seq, created, payload, len);
+	struct qitem *item = qitem_new(seq, created, payload, len, NULL,
+				       q == &r->backend && precious_text(payload));
 	struct qitem **at;
 
 	item->stored = 1;
@@ -1315,6 +1510,7 @@ void route_restore_packet(struct route *r, const char *dest, uint64_t seq,
 		*at = item;
 	}
 	q->count++;
+	q->bytes += len;
 	if (seq > r->next_seq)
 		r->next_seq = seq;
 }

@@ -36,6 +36,7 @@ struct route_config {
 	double request_timeout;   /* s an HTTP request waits for agent_details (30) */
 	size_t max_agent_queue;   /* packets waiting per agent */
 	size_t max_backend_queue; /* packets waiting for the backend */
+	size_t max_backend_queue_bytes; /* and their bytes (0: no limit) */
 	double max_backend_queue_age; /* s; older packets for the backend are dropped */
 	/* Bytes of packets in flight to one connection (sent, not yet written
 	 * by its worker); more leave the queue as the worker reports writes.
@@ -72,6 +73,7 @@ struct route_action {
 /* HTTP request flags */
 #define ROUTE_HTTP_WAIT_DETAILS 1u /* answer with the agent_details for request_id */
 #define ROUTE_HTTP_FORGET_AGENT 2u /* drop agent_id's local state */
+#define ROUTE_HTTP_PRECIOUS 4u /* a submission: never dropped for other traffic */
 
 struct route_stats {
 	uint64_t packets_routed;

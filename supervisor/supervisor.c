@@ -108,6 +108,7 @@ static struct route_config route_config_of(const struct config *c)
 		.request_timeout = c->request_timeout,
 		.max_agent_queue = (size_t)c->max_agent_queue,
 		.max_backend_queue = (size_t)c->max_backend_queue,
+		.max_backend_queue_bytes = (size_t)c->max_backend_queue_bytes,
 		.max_backend_queue_age = c->max_backend_queue_age,
 		.window_bytes = IPC_SEND_WINDOW,
 		/* room for the timestamp the worker adds as it writes */

@@ -768,7 +768,7 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 			json_object_set_new(data, "onboarding_data", json_object());
 		uuid4(request_id);
 		json_object_set_new(data, "request_id", json_string(request_id));
-		*flags = ROUTE_HTTP_WAIT_DETAILS | ROUTE_HTTP_FORGET_AGENT;
+		*flags = ROUTE_HTTP_WAIT_DETAILS | ROUTE_HTTP_FORGET_AGENT | ROUTE_HTTP_PRECIOUS;
 		type = "submit_onboarding";
 		subject = *agent_id;
 		break;
@@ -806,7 +806,8 @@ static json_t *build_packet(struct http_req *r, json_t *body, unsigned int *flag
 			json_decref(data);
 			return NULL;
 		}
-		*flags = ep == EP_SUBMIT_TASK ? ROUTE_HTTP_FORGET_AGENT : 0;
+		*flags = ROUTE_HTTP_PRECIOUS |
+			 (ep == EP_SUBMIT_TASK ? ROUTE_HTTP_FORGET_AGENT : 0);
 		type = ep == EP_SUBMIT_TASK ? "submit_unit" : "submit_metadata";
 		break;
 	case EP_LOG_ERROR: {

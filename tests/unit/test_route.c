@@ -2017,6 +2017,96 @@ static void test_return_statuses_split_to_fit(void **state)
 	assert_int_equal(agents, 40);
 }
 
+/* The backend's queue never drops a submission for other traffic. */
+static void test_backend_queue_keeps_submissions(void **state)
+{
+	struct route_config cfg = default_cfg;
+	const char *sub, *p[6];
+	const struct route_action *a;
+
+	(void)state;
+	cfg.max_backend_queue = 3;
+	renew(&cfg);
+	sub = packet_json(PKT_SUBMIT_UNIT, "a1", "{\"final\":1}", T0);
+	http(2, 5, ROUTE_HTTP_PRECIOUS, "a1", NULL, sub, T0);
+	for (int i = 0; i < 6; i++)
+		p[i] = to_backend(1, 1, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a2",
+				  fmt("%d", i), T0 + 1 + i);
+	actions(0);
+	assert_int_equal(route_queue_length(F.r, PACKET_MEPHISTO), 3);
+	attach_backend(T0 + 10);
+	a = actions(3);
+	assert_send(&a[0], BW, BC, PACKET_MEPHISTO, sub);
+	assert_send(&a[1], BW, BC, PACKET_MEPHISTO, p[4]);
+	assert_send(&a[2], BW, BC, PACKET_MEPHISTO, p[5]);
+}
+
+/* Full of submissions: a further one is refused (503), not another's. */
+static void test_backend_queue_full_of_submissions_refuses(void **state)
+{
+	struct route_config cfg = default_cfg;
+	const struct route_action *a;
+
+	(void)state;
+	cfg.max_backend_queue = 2;
+	renew(&cfg);
+	for (int i = 0; i < 2; i++)
+		http(2, (uint64_t)i, ROUTE_HTTP_PRECIOUS, fmt("a%d", i), NULL,
+		     packet_json(PKT_SUBMIT_UNIT, fmt("a%d", i), "{}", T0), T0);
+	actions(0);
+	http(2, 9, ROUTE_HTTP_PRECIOUS, "a9", NULL,
+	     packet_json(PKT_SUBMIT_METADATA, "a9", "{}", T0 + 1), T0 + 1);
+	a = actions(1);
+	assert_int_equal(a[0].kind, ROUTE_HTTP_ANSWER);
+	assert_true(a[0].id == 9);
+	assert_int_equal(a[0].status, 503);
+	clear();
+	/* other traffic finds no room either */
+	to_backend(1, 1, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a3", "x", T0 + 2);
+	assert_int_equal(route_queue_length(F.r, PACKET_MEPHISTO), 2);
+}
+
+/* One agent's flood evicts its own packets, not the others'. */
+static void test_backend_queue_share(void **state)
+{
+	struct route_config cfg = default_cfg;
+	const char *quiet;
+	const struct route_action *a;
+	size_t n;
+	int seen = 0;
+
+	(void)state;
+	cfg.max_backend_queue = 4;
+	renew(&cfg);
+	quiet = to_backend(1, 1, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "quiet", "q", T0);
+	for (int i = 0; i < 20; i++)
+		to_backend(1, 2, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "loud", fmt("%d", i), T0 + 1);
+	attach_backend(T0 + 2);
+	n = route_actions(F.r, &a);
+	assert_int_equal(n, 4);
+	for (size_t i = 0; i < n; i++)
+		if (a[i].len == strlen(quiet) && memcmp(a[i].data, quiet, a[i].len) == 0)
+			seen++;
+	assert_int_equal(seen, 1);
+}
+
+/* The bound in bytes: big packets make room by number, whatever the count. */
+static void test_backend_queue_bytes_bound(void **state)
+{
+	struct route_config cfg = default_cfg;
+	char big[1000];
+
+	(void)state;
+	cfg.max_backend_queue_bytes = 3500;
+	renew(&cfg);
+	memset(big, 'x', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	for (int i = 0; i < 10; i++)
+		to_backend(1, 1, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a1", big, T0 + i);
+	assert_true(route_queue_length(F.r, PACKET_MEPHISTO) <= 3);
+	assert_true(route_queue_length(F.r, PACKET_MEPHISTO) >= 2);
+}
+
 static void test_seq_increases(void **state)
 {
 	const struct route_action *a;
@@ -2568,6 +2658,10 @@ int main(void)
 		T(test_submission_survives_its_worker),
 		T(test_return_statuses_split_to_fit),
 		T(test_in_flight_backend_packets_go_again_first),
+		T(test_backend_queue_keeps_submissions),
+		T(test_backend_queue_full_of_submissions_refuses),
+		T(test_backend_queue_share),
+		T(test_backend_queue_bytes_bound),
 		T(test_seq_increases),
 		T(test_agent_queue_bound_drops_oldest),
 		T(test_backend_queue_bound_drops_oldest),
