@@ -45,6 +45,8 @@ static const struct key keys[] = {
 	{ "reconnect_grace", KEY_SECONDS, OFF(reconnect_grace), "10", 0, 86400, 1 },
 	{ "heartbeat_timeout", KEY_SECONDS, OFF(heartbeat_timeout), "15", 0.01, 86400, 1 },
 	{ "request_timeout", KEY_SECONDS, OFF(request_timeout), "30", 0.01, 86400, 1 },
+	{ "max_agents_per_connection", KEY_INT, OFF(max_agents_per_connection), "4", 1, 8, 1 },
+	{ "agent_retention", KEY_SECONDS, OFF(agent_retention), "86400", 0, 1e9, 1 },
 	{ "max_agent_queue", KEY_SIZE, OFF(max_agent_queue), "1000", 1, 1e9, 1 },
 	{ "max_backend_queue", KEY_SIZE, OFF(max_backend_queue), "100000", 1, 1e9, 1 },
 	{ "max_backend_queue_bytes", KEY_SIZE, OFF(max_backend_queue_bytes), "256M", 65536, 1LL << 40, 1 },

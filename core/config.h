@@ -32,6 +32,8 @@ struct config {
 	double reconnect_grace;   /* s after a socket closes before "disconnect" */
 	double heartbeat_timeout; /* s without heartbeat in a live status */
 	double request_timeout;   /* s an HTTP request waits for agent_details */
+	double agent_retention;       /* s; 0: agents are never forgotten */
+	int max_agents_per_connection;
 	int64_t max_agent_queue;
 	int64_t max_backend_queue;
 	int64_t max_backend_queue_bytes;

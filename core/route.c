@@ -60,6 +60,7 @@ struct agent {
 	struct endpoint at;
 	double last_ping;       /* 0: never */
 	double disconnect_time; /* 0: never, or attached since */
+	double created;
 	struct queue queue;
 	/* '"id":"status"' for return_statuses, made when first needed after a
 	 * status change (with 100,000 agents, a jansson object of them all
@@ -608,7 +609,6 @@ static struct agent *agent_get(struct route *r, const char *id, double now)
 {
 	struct agent *a = agent_find(r, id);
 
-	(void)now;
 	if (a != NULL)
 		return a;
 	a = calloc(1, sizeof *a);
@@ -616,6 +616,7 @@ static struct agent *agent_get(struct route *r, const char *id, double now)
 		fatal("out of memory");
 	a->id = xstrdup(id);
 	a->status = xstrdup("none");
+	a->created = now;
 	a->queue.dest = a->id;
 	map_put(r->agents, id, strlen(id), a);
 	agent_changed(r, a->id);
@@ -742,6 +743,17 @@ static void agent_attach(struct route *r, struct agent *a, uint32_t worker,
 
 /* ---- liveness ---- */
 
+/* An agent nobody has heard of for agent_retention: without a socket
+ * since then, no heartbeat, nothing waiting for it. */
+static int agent_is_stale(const struct route *r, const struct agent *a, double now)
+{
+	double seen = fmax(a->created, fmax(a->disconnect_time, a->last_ping));
+
+	return r->cfg.agent_retention > 0 && !a->attached &&
+	       now - seen >= r->cfg.agent_retention &&
+	       a->queue.count == 0;
+}
+
 /* One agent's grace and heartbeat rules. */
 static void check_liveness(struct route *r, struct agent *a, double now)
 {
@@ -762,13 +774,45 @@ static void check_liveness(struct route *r, struct agent *a, double now)
 	}
 }
 
+/* Stale agents found by a walk, forgotten after it (a map is not changed
+ * while it is walked). */
+#define PRUNE_BATCH 256
+
+struct prune {
+	char *ids[PRUNE_BATCH];
+	size_t n;
+};
+
+static void prune_note(struct route *r, struct prune *p, struct agent *a, double now)
+{
+	if (p->n < PRUNE_BATCH && agent_is_stale(r, a, now))
+		p->ids[p->n++] = xstrdup(a->id);
+}
+
+static void prune_done(struct route *r, struct prune *p)
+{
+	if (p->n > 0)
+		log_info("forgot %zu agent%s not heard of for agent_retention (%.0f s)",
+			 p->n, p->n == 1 ? "" : "s", r->cfg.agent_retention);
+	for (size_t i = 0; i < p->n; i++) {
+		agent_forget(r, p->ids[i]);
+		free(p->ids[i]);
+	}
+	r->stats.agents_pruned += p->n;
+	p->n = 0;
+}
+
 static void apply_liveness_all(struct route *r, double now)
 {
 	size_t pos = 0;
 	void *value;
+	struct prune prune = { .n = 0 };
 
-	while (map_next(r->agents, &pos, NULL, NULL, &value))
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
 		check_liveness(r, value, now);
+		prune_note(r, &prune, value, now);
+	}
+	prune_done(r, &prune);
 }
 
 /* The tick's walk: every agent when there are up to LIVENESS_BATCH of
@@ -790,15 +834,19 @@ static void apply_liveness(struct route *r, double now)
 		r->liveness_pos = 0;
 		return;
 	}
+	struct prune prune = { .n = 0 };
+
 	while (seen < LIVENESS_BATCH) {
 		if (!map_next(r->agents, &pos, NULL, NULL, &value)) {
 			pos = 0;
 			break;
 		}
 		check_liveness(r, value, now);
+		prune_note(r, &prune, value, now);
 		seen++;
 	}
 	r->liveness_pos = pos;
+	prune_done(r, &prune);
 }
 
 static void expire_requests(struct route *r, double now)

@@ -45,6 +45,9 @@ struct route_config {
 	/* The largest packet the backend takes: return_statuses is split to
 	 * fit. 0: no limit. */
 	size_t max_frame_bytes;
+	/* s after which an agent without a socket, heartbeat or queued packet
+	 * is forgotten (memory and store); 0: never. */
+	double agent_retention;
 };
 
 enum route_action_kind {
@@ -82,6 +85,7 @@ struct route_stats {
 	uint64_t packets_refused; /* wrong sender, unknown type, missing fields */
 	uint64_t requests_timed_out;
 	uint64_t version_warnings_suppressed;
+	uint64_t agents_pruned; /* agent_retention */
 };
 
 struct route;

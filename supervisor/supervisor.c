@@ -111,6 +111,7 @@ static struct route_config route_config_of(const struct config *c)
 		.max_backend_queue_bytes = (size_t)c->max_backend_queue_bytes,
 		.max_backend_queue_age = c->max_backend_queue_age,
 		.window_bytes = IPC_SEND_WINDOW,
+		.agent_retention = c->agent_retention,
 		/* room for the timestamp the worker adds as it writes */
 		.max_frame_bytes = (size_t)c->backend_max_frame_bytes - IPC_STAMP_BYTES,
 	};

@@ -37,6 +37,7 @@ struct worker_stats {
 	uint64_t invalid_packets;
 	uint64_t backend_refused; /* alive as "mephisto" from outside backend_allow */
 	uint64_t bodies_refused;  /* 503: body_memory_bytes */
+	uint64_t agents_refused;  /* max_agents_per_connection */
 	uint64_t body_timeouts;   /* 408: body_timeout, body_min_rate */
 };
 

@@ -53,6 +53,9 @@ struct conn {
 	int paused;
 	int backend; /* carried the backend's alive: writes reported at once */
 	int may_be_backend; /* its client's address is in backend_allow */
+	uint32_t agents[8]; /* hashes of the agent ids it said alive for */
+	unsigned nagents;
+	int agents_warned;
 	char client[64];    /* that address, for the log */
 	int warned; /* an invalid packet was logged */
 	uint64_t invalid_packets;
@@ -313,6 +316,34 @@ static int refuse_backend(struct lws *wsi, struct conn *c)
 			  "this address may not be the Mephisto backend");
 }
 
+/* A connection speaks for at most max_agents_per_connection agents (a
+ * task page: one, or two across onboarding): one socket cannot create
+ * agents without end. */
+static int agent_allowed(struct conn *c, const char *id)
+{
+	uint32_t h = 2166136261u;
+	unsigned max = (unsigned)worker_cfg.max_agents_per_connection;
+
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	for (unsigned i = 0; i < c->nagents; i++)
+		if (c->agents[i] == h)
+			return 1;
+	if (c->nagents < max && c->nagents < sizeof c->agents / sizeof c->agents[0]) {
+		c->agents[c->nagents++] = h;
+		return 1;
+	}
+	worker_stats.agents_refused++;
+	if (!c->agents_warned) {
+		c->agents_warned = 1;
+		log_warn("conn %llu from %s: alive for more than max_agents_per_connection "
+			 "(%u) agents; dropped (%llu so far in this worker)",
+			 (unsigned long long)c->id, c->client, max,
+			 (unsigned long long)worker_stats.agents_refused);
+	}
+	return 0;
+}
+
 static int forward_packet(struct lws *wsi, struct conn *c, const char *text, size_t len)
 {
 	struct wire_packet p;
@@ -334,6 +365,11 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 				 "on this connection are only counted",
 				 (unsigned long long)c->id, why);
 		}
+		wire_packet_free(&p);
+		return 0;
+	}
+	if (p.f.type == PKT_ALIVE && p.f.subject_id != NULL &&
+	    strcmp(p.f.subject_id, PACKET_MEPHISTO) != 0 && !agent_allowed(c, p.f.subject_id)) {
 		wire_packet_free(&p);
 		return 0;
 	}

@@ -220,3 +220,23 @@ def test_state_database_and_uploads_are_owner_only(router):
     assert uploads
     for u in uploads:
         assert stat.S_IMODE(u.stat().st_mode) == 0o600, u
+
+
+def test_one_connection_cannot_create_agents_without_end(router_factory):
+    r = router_factory(max_agents_per_connection=2)
+    backend = FakeBackend(r.ws_url, poll_interval=None).connect()
+    try:
+        flood = WSClient(r.ws_url)
+        for i in range(50):
+            flood.send(json.dumps(browser_packet("alive", "flood-%d" % i)))
+        flood.send(json.dumps(browser_packet("heartbeat", "flood-0")))
+        # the answers of the first two alives, then the heartbeat's
+        for _ in range(3):
+            flood.recv()
+        statuses = backend.statuses()
+        assert sorted(k for k in statuses if k.startswith("flood-")) == \
+            ["flood-0", "flood-1"], statuses
+        assert wait_until(lambda: "max_agents_per_connection" in r.log(), 3)
+        flood.close()
+    finally:
+        backend.stop()

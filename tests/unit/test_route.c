@@ -2107,6 +2107,34 @@ static void test_backend_queue_bytes_bound(void **state)
 	assert_true(route_queue_length(F.r, PACKET_MEPHISTO) >= 2);
 }
 
+/* Agents nobody has heard of for agent_retention are forgotten. */
+static void test_stale_agents_pruned(void **state)
+{
+	struct route_config cfg = default_cfg;
+
+	(void)state;
+	cfg.agent_retention = 100;
+	renew(&cfg);
+	attach_backend(T0);
+	agent_with_status(1, 1, "gone", "completed", T0);
+	agent_with_status(1, 2, "here", "in task", T0);
+	agent_with_status(1, 3, "waits", "in task", T0);
+	clear();
+	route_ws_closed(F.r, 1, 1, T0 + 1);
+	route_ws_closed(F.r, 1, 3, T0 + 1);
+	cblu("waits", "kept for it", T0 + 2); /* queued: not forgotten */
+	clear();
+	route_tick(F.r, T0 + 50);
+	assert_int_equal(route_agent_count(F.r), 3);
+	heartbeat(1, 2, "here", NAN, T0 + 90);
+	clear();
+	route_tick(F.r, T0 + 102);
+	assert_null(route_agent_status(F.r, "gone"));
+	assert_str(route_agent_status(F.r, "here"), "in task"); /* attached */
+	assert_non_null(route_agent_status(F.r, "waits"));
+	assert_int_equal(stats().agents_pruned, 1);
+}
+
 static void test_seq_increases(void **state)
 {
 	const struct route_action *a;
@@ -2662,6 +2690,7 @@ int main(void)
 		T(test_backend_queue_full_of_submissions_refuses),
 		T(test_backend_queue_share),
 		T(test_backend_queue_bytes_bound),
+		T(test_stale_agents_pruned),
 		T(test_seq_increases),
 		T(test_agent_queue_bound_drops_oldest),
 		T(test_backend_queue_bound_drops_oldest),
