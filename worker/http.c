@@ -12,8 +12,10 @@
  * carries X-Router-Worker and Cache-Control: no-cache. Files are streamed
  * by lws_serve_http_file(); the lookup is ours, so that 404s carry our
  * headers too (lws mounts answer errors without them and send no-store),
- * and so that a path can never leave its folder: ".." segments are refused
- * and the resolved path (symlinks followed) must stay inside the folder. */
+ * and so that a path can never leave its folder: ".." segments are refused;
+ * symlinks placed in static_dir are followed (Mephisto's link_task_source
+ * links the task's bundle there), a download's resolved path must stay
+ * inside upload_dir. */
 #include "worker.h"
 
 #include "../core/idtable.h"
@@ -354,13 +356,18 @@ void http_answer_from_supervisor(uint64_t id, unsigned int status,
 
 /* ---- files ---- */
 
-/* Map a request path to a regular file inside dir, or fail. */
-static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen)
+/* Map a request path to a regular file inside dir, or fail. The path
+ * itself can never leave dir (no ".." segment); a symlink the operator put
+ * in dir is followed when follow_links (static_dir: Mephisto links a
+ * task's bundle into it), never otherwise (upload_dir). */
+static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen,
+		      int follow_links)
 {
 	char joined[PATH_MAX * 2], root[PATH_MAX];
 	const char *seg;
 	struct stat st;
 	size_t rootlen;
+	int n;
 
 	if (uri[0] != '/')
 		return -1;
@@ -371,6 +378,15 @@ static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen
 		return -1;
 	snprintf(joined, sizeof joined, "%s%s%s", root, uri,
 		 uri[strlen(uri) - 1] == '/' ? "index.html" : "");
+	if (follow_links) {
+		if (stat(joined, &st) == 0 && S_ISDIR(st.st_mode))
+			n = snprintf(out, outlen, "%s/index.html", joined);
+		else
+			n = snprintf(out, outlen, "%s", joined);
+		if (n < 0 || (size_t)n >= outlen)
+			return -1;
+		return stat(out, &st) == 0 && S_ISREG(st.st_mode) ? 0 : -1;
+	}
 	if (realpath(joined, out) == NULL || strlen(out) >= outlen)
 		return -1;
 	rootlen = strlen(root);
@@ -385,13 +401,13 @@ static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen
 }
 
 static int serve_file(struct lws *wsi, struct session *s, const char *dir,
-		      const char *uri, const char *type)
+		      const char *uri, const char *type, int follow_links)
 {
 	char path[PATH_MAX];
 	unsigned char headers[HEADER_BUF], *p = headers;
 	int n;
 
-	if (resolve_in(dir, uri, path, sizeof path) < 0)
+	if (resolve_in(dir, uri, path, sizeof path, follow_links) < 0)
 		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
 	if (type == NULL)
 		type = mimetype_of(path);
@@ -424,7 +440,7 @@ static int serve_download(struct lws *wsi, struct session *s, const char *name)
 	if (!is_stored_upload_name(name))
 		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
 	snprintf(uri, sizeof uri, "/%s", name);
-	return serve_file(wsi, s, worker_cfg.upload_dir, uri, "application/octet-stream");
+	return serve_file(wsi, s, worker_cfg.upload_dir, uri, "application/octet-stream", 0);
 }
 
 /* ---- task_config.json and the mephisto-task version ---- */
@@ -1074,12 +1090,12 @@ static int on_request(struct lws *wsi, struct session *s)
 	}
 	if (strcmp(uri, "/task_index") == 0 || strcmp(uri, "/welcome") == 0 ||
 	    strcmp(uri, "/") == 0)
-		return serve_file(wsi, s, worker_cfg.static_dir, "/index.html", NULL);
+		return serve_file(wsi, s, worker_cfg.static_dir, "/index.html", NULL, 1);
 	if (strcmp(uri, "/task_config.json") == 0)
 		check_task_version(wsi);
 	if (strncmp(uri, "/download_file/", 15) == 0)
 		return serve_download(wsi, s, uri + 15);
-	return serve_file(wsi, s, worker_cfg.static_dir, uri, NULL);
+	return serve_file(wsi, s, worker_cfg.static_dir, uri, NULL, 1);
 }
 
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,

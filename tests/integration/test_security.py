@@ -240,3 +240,23 @@ def test_one_connection_cannot_create_agents_without_end(router_factory):
         flood.close()
     finally:
         backend.stop()
+
+
+def test_static_symlinks_followed_upload_symlinks_not(router, tmp_path):
+    outside = tmp_path / "task-build"
+    outside.mkdir()
+    (outside / "bundle.js").write_text("console.log('bundle');\n")
+    # Mephisto's link_task_source: the bundle is a symlink out of static/
+    (router.static_dir / "bundle.js").symlink_to(outside / "bundle.js")
+    resp = router.get("/bundle.js")
+    assert resp.status_code == 200 and "bundle" in resp.text
+    # a link planted in upload_dir under a stored-looking name is not served
+    planted = Path(router.keys["upload_dir"]) / ("mr-" + "ab" * 16)
+    planted.symlink_to("/etc/passwd")
+    resp = router.get("/download_file/" + planted.name)
+    assert resp.status_code == 404
+    assert "root:" not in resp.text
+    for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd",
+                 "/download_file/../../etc/passwd"):
+        resp = router.get(path)
+        assert "root:" not in resp.text, path
