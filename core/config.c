@@ -52,6 +52,7 @@ static const struct key keys[] = {
 	{ "max_backend_queue_bytes", KEY_SIZE, OFF(max_backend_queue_bytes), "256M", 65536, 1LL << 40, 1 },
 	{ "max_backend_queue_age", KEY_SECONDS, OFF(max_backend_queue_age), "3600", 0, 1e9, 1 },
 	{ "max_body_bytes", KEY_SIZE, OFF(max_body_bytes), "100M", 1024, 1LL << 40, 1 },
+	{ "upload_retention", KEY_SECONDS, OFF(upload_retention), "604800", 0, 1e9, 1 },
 	{ "body_timeout", KEY_SECONDS, OFF(body_timeout), "30", 0.1, 86400, 1 },
 	{ "body_min_rate", KEY_SIZE, OFF(body_min_rate), "16K", 1, 1LL << 40, 1 },
 	{ "body_memory_bytes", KEY_SIZE, OFF(body_memory_bytes), "256M", 65536, 1LL << 40, 1 },

@@ -39,6 +39,7 @@ struct config {
 	int64_t max_backend_queue_bytes;
 	double max_backend_queue_age; /* s; 0: no age limit */
 	int64_t max_body_bytes;       /* POST body, uploads included */
+	double upload_retention;      /* s an upload is kept; 0: forever */
 	double body_timeout;          /* s a body may take, plus its size at: */
 	int64_t body_min_rate;        /* bytes per second */
 	int64_t body_memory_bytes;    /* bodies held in memory, per worker */

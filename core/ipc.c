@@ -21,6 +21,9 @@ const char *ipc_type_name(enum ipc_type type)
 	case IPC_WS_PACKET: return "WS_PACKET";
 	case IPC_WS_UNSENT: return "WS_UNSENT";
 	case IPC_WS_SENT: return "WS_SENT";
+	case IPC_UPLOAD_STORED: return "UPLOAD_STORED";
+	case IPC_DOWNLOAD_CHECK: return "DOWNLOAD_CHECK";
+	case IPC_DOWNLOAD_INFO: return "DOWNLOAD_INFO";
 	case IPC_HTTP_REQUEST: return "HTTP_REQUEST";
 	case IPC_VERSION_MISMATCH: return "VERSION_MISMATCH";
 	case IPC_HTTP_ANSWER: return "HTTP_ANSWER";
@@ -144,6 +147,34 @@ int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
 	    pack_cstr(pk, request_id) < 0)
 		return -1;
 	return pack_bin(pk, payload, len);
+}
+
+int ipc_pack_upload_stored(msgpack_packer *pk, const char *stored, const char *original,
+			   const char *field, const char *agent, uint64_t size,
+			   uint64_t dev, uint64_t ino)
+{
+	if (pack_head(pk, IPC_UPLOAD_STORED, 7) < 0 || pack_cstr(pk, stored) < 0 ||
+	    pack_cstr(pk, original) < 0 || pack_cstr(pk, field) < 0 ||
+	    pack_cstr(pk, agent) < 0 || msgpack_pack_uint64(pk, size) < 0 ||
+	    msgpack_pack_uint64(pk, dev) < 0)
+		return -1;
+	return msgpack_pack_uint64(pk, ino);
+}
+
+int ipc_pack_download_check(msgpack_packer *pk, uint64_t req, const char *stored)
+{
+	if (pack_head(pk, IPC_DOWNLOAD_CHECK, 2) < 0 || msgpack_pack_uint64(pk, req) < 0)
+		return -1;
+	return pack_cstr(pk, stored);
+}
+
+int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t dev,
+			   uint64_t ino)
+{
+	if (pack_head(pk, IPC_DOWNLOAD_INFO, 4) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
+	    msgpack_pack_uint32(pk, found ? 1 : 0) < 0 || msgpack_pack_uint64(pk, dev) < 0)
+		return -1;
+	return msgpack_pack_uint64(pk, ino);
 }
 
 int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
@@ -273,6 +304,10 @@ static int get_bytes(struct fields *f, msgpack_object_type type,
 		*data = o->via.str.ptr;
 		*len = o->via.str.size;
 	}
+	/* msgpack-c leaves an empty one whatever pointer its parser had, NULL
+	 * at the start of a message: present and empty is not nil's NULL */
+	if (*len == 0)
+		*data = "";
 	return 0;
 }
 
@@ -379,6 +414,40 @@ static int decode_http_request(struct fields *f, struct ipc_msg *m)
 	return get_end(f);
 }
 
+static int decode_upload_stored(struct fields *f, struct ipc_msg *m)
+{
+	const char *agent;
+	uint64_t size;
+
+	if (get_cstr(f, 0, &m->str1) < 0 || get_cstr(f, 0, &m->str2) < 0 ||
+	    get_cstr(f, 0, &m->str3) < 0 || get_cstr(f, 1, &agent) < 0 ||
+	    get_u64(f, INT64_MAX, &size) < 0 || get_u64(f, UINT64_MAX, &m->conn) < 0 ||
+	    get_u64(f, UINT64_MAX, &m->seq) < 0)
+		return -1;
+	m->data = agent;
+	m->len = agent ? strlen(agent) : 0;
+	m->pid = (int64_t)size;
+	return get_end(f);
+}
+
+static int decode_download_check(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_cstr(f, 0, &m->str1) < 0)
+		return -1;
+	return get_end(f);
+}
+
+static int decode_download_info(struct fields *f, struct ipc_msg *m)
+{
+	uint64_t ino;
+
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
+	    get_u64(f, UINT64_MAX, &m->seq) < 0 || get_u64(f, UINT64_MAX, &ino) < 0)
+		return -1;
+	m->pid = (int64_t)ino;
+	return get_end(f);
+}
+
 static int decode_version_mismatch(struct fields *f, struct ipc_msg *m)
 {
 	if (get_cstr(f, 0, &m->str1) < 0 ||
@@ -457,6 +526,9 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	case IPC_WS_SENT: return decode_conn_seq(&f, msg);
 	case IPC_HTTP_REQUEST: return decode_http_request(&f, msg);
 	case IPC_VERSION_MISMATCH: return decode_version_mismatch(&f, msg);
+	case IPC_UPLOAD_STORED: return decode_upload_stored(&f, msg);
+	case IPC_DOWNLOAD_CHECK: return decode_download_check(&f, msg);
+	case IPC_DOWNLOAD_INFO: return decode_download_info(&f, msg);
 	case IPC_WS_SEND: return decode_ws_send(&f, msg);
 	case IPC_HTTP_ANSWER: return decode_http_answer(&f, msg);
 	case IPC_WS_CLOSE: return decode_ws_close(&f, msg);

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IPC_PROTOCOL_VERSION 2
+#define IPC_PROTOCOL_VERSION 3
 
 /* Bytes a message may carry besides its payload (type, ids, framing). */
 #define IPC_MESSAGE_OVERHEAD 256
@@ -65,6 +65,8 @@ enum ipc_type {
 	IPC_HTTP_REQUEST = 104, /* req, flags, agent_id, request_id, payload */
 	IPC_VERSION_MISMATCH = 105, /* version, payload (a log_error packet) */
 	IPC_WS_SENT = 106, /* conn, seq: every WS_SEND on conn up to seq is written */
+	IPC_UPLOAD_STORED = 107, /* stored, original, field, agent, size, dev, ino */
+	IPC_DOWNLOAD_CHECK = 108, /* req, stored: is this a recorded upload? */
 
 	/* supervisor -> worker */
 	IPC_WS_SEND = 200,  /* conn, dest, seq, payload: send this packet on conn */
@@ -72,6 +74,7 @@ enum ipc_type {
 	IPC_DRAIN = 202,    /* stop accepting, close connections, exit 0 */
 	IPC_CONFIG = 203,   /* config: the reloaded config (SIGHUP) */
 	IPC_HTTP_ANSWER = 204, /* req, status, body or nil: answer request req */
+	IPC_DOWNLOAD_INFO = 205, /* req, found, dev, ino: the upload's record */
 };
 
 /* A decoded message. Pointers point into the reader's memory and stay
@@ -126,6 +129,18 @@ int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const char *dest,
 int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
 			 const void *body, size_t len);
 int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code);
+/* An upload was stored (a file of the router's own, recorded so that
+ * download_file serves that file and nothing else): str1 stored name,
+ * str2 original name, str3 form field, data agent id (or nil), pid size,
+ * conn device, seq inode. */
+int ipc_pack_upload_stored(msgpack_packer *pk, const char *stored, const char *original,
+			   const char *field, const char *agent, uint64_t size,
+			   uint64_t dev, uint64_t ino);
+/* conn request id, str1 stored name. */
+int ipc_pack_download_check(msgpack_packer *pk, uint64_t req, const char *stored);
+/* conn request id, code 1 when recorded, seq device, pid inode. */
+int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t dev,
+			   uint64_t ino);
 int ipc_pack_drain(msgpack_packer *pk);
 int ipc_pack_config(msgpack_packer *pk, const char *config, size_t len);
 

@@ -19,6 +19,16 @@
 
 extern const char store_schema_sql[];
 
+#define STR(x) #x
+#define XSTR(x) STR(x)
+#define STORE_SCHEMA_VERSION_TEXT XSTR(STORE_SCHEMA_VERSION)
+
+struct staged_upload {
+	char *stored, *original, *field, *agent;
+	uint64_t size, dev, ino;
+	double created;
+};
+
 struct staged_packet {
 	char *dest;
 	double created;
@@ -45,6 +55,7 @@ struct batch {
 	struct map *added;   /* seq -> struct staged_packet */
 	struct map *removed; /* seq -> (void *)1 */
 	struct map *meta;    /* key -> value (malloc'ed) */
+	struct map *uploads; /* stored name -> struct staged_upload, or (void *)1: gone */
 	double now;
 	int failed;
 	char error[256];
@@ -53,12 +64,13 @@ struct batch {
 struct store {
 	sqlite3 *db;
 	sqlite3_stmt *set_meta, *upsert_agent, *delete_agent, *insert_packet,
-		*delete_packet;
+		*delete_packet, *insert_upload, *delete_upload;
 	/* staged changes, for the next batch */
 	struct map *agents;  /* agent id -> (void *)1 */
 	struct map *added;   /* seq -> struct staged_packet */
 	struct map *removed; /* seq -> (void *)1 */
 	struct map *meta;    /* key -> value (malloc'ed) */
+	struct map *uploads; /* stored name -> struct staged_upload, or GONE */
 	int failing;         /* the last commit failed */
 	uint64_t failures;
 	time_t last_failure_log;
@@ -178,6 +190,8 @@ static void owner_only_fix(const char *path)
 	}
 }
 
+static void staged_new(struct store *s);
+
 struct store *store_open(const char *path, char *err, size_t errlen)
 {
 	struct store *s = calloc(1, sizeof *s);
@@ -220,17 +234,19 @@ struct store *store_open(const char *path, char *err, size_t errlen)
 	    prepare(s->db, &s->insert_packet,
 		    "INSERT OR REPLACE INTO queued_packets (seq, destination, packet, "
 		    "created_at) VALUES (?1, ?2, ?3, ?4)") < 0 ||
-	    prepare(s->db, &s->delete_packet, "DELETE FROM queued_packets WHERE seq = ?1") < 0) {
+	    prepare(s->db, &s->delete_packet, "DELETE FROM queued_packets WHERE seq = ?1") < 0 ||
+	    prepare(s->db, &s->insert_upload,
+		    "INSERT OR REPLACE INTO uploads (stored_name, original_name, field, "
+		    "agent_id, size, device, inode, created_at) "
+		    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)") < 0 ||
+	    prepare(s->db, &s->delete_upload, "DELETE FROM uploads WHERE stored_name = ?1") < 0) {
 		snprintf(why, sizeof why, "%s", sqlite3_errmsg(s->db));
 		goto fail;
 	}
 	owner_only_fix(path);
-	s->agents = map_new();
-	s->added = map_new();
-	s->removed = map_new();
-	s->meta = map_new();
+	staged_new(s);
 	snprintf(now, sizeof now, "%lld", (long long)time(NULL));
-	if (store_set_meta(s, "schema_version", "1") < 0 ||
+	if (store_set_meta(s, "schema_version", STORE_SCHEMA_VERSION_TEXT) < 0 ||
 	    store_set_meta(s, "started_at", now) < 0 ||
 	    store_set_meta(s, "backend_attached", "0") < 0) {
 		snprintf(why, sizeof why, "%s", sqlite3_errmsg(s->db));
@@ -243,30 +259,60 @@ fail:
 	return NULL;
 }
 
-static void staged_clear(struct store *s)
+/* The mark of a staged upload row to delete. */
+static char gone_marker;
+#define UPLOAD_GONE ((void *)&gone_marker)
+
+static void uploads_free_one(struct staged_upload *u)
+{
+	free(u->stored);
+	free(u->original);
+	free(u->field);
+	free(u->agent);
+	free(u);
+}
+
+static void uploads_free(struct map *m)
 {
 	size_t pos = 0;
 	void *value;
 
+	while (map_next(m, &pos, NULL, NULL, &value))
+		if (value != UPLOAD_GONE)
+			uploads_free_one(value);
+	map_free(m);
+}
+
+static void packets_free(struct map *m);
+static void meta_free(struct map *m);
+
+static void staged_free(struct store *s)
+{
 	if (s->added == NULL)
 		return;
-	while (map_next(s->added, &pos, NULL, NULL, &value)) {
-		struct staged_packet *p = value;
-		free(p->dest);
-		free(p->data);
-		free(p);
-	}
-	pos = 0;
-	while (map_next(s->meta, &pos, NULL, NULL, &value))
-		free(value);
+	packets_free(s->added);
+	meta_free(s->meta);
+	uploads_free(s->uploads);
 	map_free(s->agents);
-	map_free(s->added);
 	map_free(s->removed);
-	map_free(s->meta);
+	s->agents = s->added = s->removed = s->meta = s->uploads = NULL;
+}
+
+static void staged_new(struct store *s)
+{
 	s->agents = map_new();
 	s->added = map_new();
 	s->removed = map_new();
 	s->meta = map_new();
+	s->uploads = map_new();
+}
+
+static void staged_clear(struct store *s)
+{
+	if (s->added == NULL)
+		return;
+	staged_free(s);
+	staged_new(s);
 }
 
 static void batch_free(struct batch *b);
@@ -297,20 +343,14 @@ void store_close(struct store *s)
 		return;
 	dead = s->dead;
 	writer_stop(s);
-	staged_clear(s);
+	staged_free(s);
 	if (dead) { /* the connection may be stuck mid-call: leave it */
-		map_free(s->agents);
-		map_free(s->added);
-		map_free(s->removed);
-		map_free(s->meta);
 		free(s);
 		return;
 	}
-	map_free(s->agents);
-	map_free(s->added);
-	map_free(s->removed);
-	map_free(s->meta);
 	sqlite3_finalize(s->set_meta);
+	sqlite3_finalize(s->insert_upload);
+	sqlite3_finalize(s->delete_upload);
 	sqlite3_finalize(s->upsert_agent);
 	sqlite3_finalize(s->delete_agent);
 	sqlite3_finalize(s->insert_packet);
@@ -382,7 +422,7 @@ void store_stage(struct store *s, const struct route_change *c, size_t n)
 int store_has_staged(const struct store *s)
 {
 	return map_count(s->agents) || map_count(s->added) || map_count(s->removed) ||
-	       map_count(s->meta);
+	       map_count(s->meta) || map_count(s->uploads);
 }
 
 static int step_done(sqlite3_stmt *st)
@@ -432,6 +472,7 @@ static void batch_free(struct batch *b)
 	packets_free(b->added);
 	map_free(b->removed);
 	meta_free(b->meta);
+	uploads_free(b->uploads);
 	free(b);
 }
 
@@ -463,11 +504,10 @@ static struct batch *batch_make(struct store *s, const struct route *r, double n
 	b->added = s->added;
 	b->removed = s->removed;
 	b->meta = s->meta;
+	b->uploads = s->uploads;
 	b->now = now;
-	s->agents = map_new();
-	s->added = map_new();
-	s->removed = map_new();
-	s->meta = map_new();
+	s->agents = NULL; /* freed above */
+	staged_new(s);
 	return b;
 }
 
@@ -502,6 +542,15 @@ static void batch_restage(struct store *s, struct batch *b)
 	}
 	map_free(b->meta);
 	b->meta = map_new();
+	pos = 0;
+	while (map_next(b->uploads, &pos, &key, &len, &value)) {
+		if (map_get(s->uploads, key, len) == NULL)
+			map_put(s->uploads, key, len, value);
+		else if (value != UPLOAD_GONE)
+			uploads_free_one(value);
+	}
+	map_free(b->uploads);
+	b->uploads = map_new();
 	batch_free(b);
 }
 
@@ -556,6 +605,25 @@ static int write_batch(struct store *s, const struct batch *b)
 	for (size_t i = 0; i < b->nrows; i++)
 		if (write_agent(s, &b->rows[i], b->now) < 0)
 			return -1;
+	pos = 0;
+	while (map_next(b->uploads, &pos, &key, &len, &value)) {
+		const struct staged_upload *u = value;
+		sqlite3_stmt *st = value == UPLOAD_GONE ? s->delete_upload : s->insert_upload;
+
+		sqlite3_bind_text(st, 1, key, (int)len, SQLITE_STATIC);
+		if (value != UPLOAD_GONE) {
+			sqlite3_bind_text(st, 2, u->original, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 3, u->field, -1, SQLITE_STATIC);
+			if (u->agent != NULL)
+				sqlite3_bind_text(st, 4, u->agent, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 5, (sqlite3_int64)u->size);
+			sqlite3_bind_int64(st, 6, (sqlite3_int64)u->dev);
+			sqlite3_bind_int64(st, 7, (sqlite3_int64)u->ino);
+			sqlite3_bind_double(st, 8, u->created);
+		}
+		if (step_done(st) < 0)
+			return -1;
+	}
 	pos = 0;
 	while (map_next(b->meta, &pos, &key, &len, &value)) {
 		sqlite3_bind_text(s->set_meta, 1, key, (int)len, SQLITE_STATIC);
@@ -794,6 +862,78 @@ int store_commit(struct store *s, const struct route *r, double now)
 }
 
 int store_failed(const struct store *s) { return s->gave_up; }
+
+/* ---- uploads ---- */
+
+static void stage_upload_value(struct store *s, const char *stored, void *value)
+{
+	void *old;
+
+	if (s->gave_up) {
+		if (value != UPLOAD_GONE)
+			uploads_free_one(value);
+		return;
+	}
+	old = map_put(s->uploads, stored, strlen(stored), value);
+	if (old != NULL && old != UPLOAD_GONE)
+		uploads_free_one(old);
+}
+
+void store_stage_upload(struct store *s, const struct upload_record *r)
+{
+	struct staged_upload *u = calloc(1, sizeof *u);
+
+	if (u == NULL)
+		fatal("out of memory");
+	u->stored = copy_bytes(r->stored, strlen(r->stored));
+	u->original = copy_bytes(r->original, strlen(r->original));
+	u->field = copy_bytes(r->field, strlen(r->field));
+	u->agent = r->agent ? copy_bytes(r->agent, strlen(r->agent)) : NULL;
+	u->size = r->size;
+	u->dev = r->dev;
+	u->ino = r->ino;
+	u->created = r->created;
+	stage_upload_value(s, r->stored, u);
+}
+
+void store_stage_upload_gone(struct store *s, const char *stored)
+{
+	stage_upload_value(s, stored, UPLOAD_GONE);
+}
+
+int store_load_uploads(struct store *s,
+		       void (*cb)(void *arg, const struct upload_record *u), void *arg,
+		       char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (prepare(s->db, &st,
+		    "SELECT stored_name, original_name, field, agent_id, size, device, "
+		    "inode, created_at FROM uploads") < 0)
+		goto fail;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct upload_record u = {
+			.stored = (const char *)sqlite3_column_text(st, 0),
+			.original = (const char *)sqlite3_column_text(st, 1),
+			.field = (const char *)sqlite3_column_text(st, 2),
+			.agent = (const char *)sqlite3_column_text(st, 3),
+			.size = (uint64_t)sqlite3_column_int64(st, 4),
+			.dev = (uint64_t)sqlite3_column_int64(st, 5),
+			.ino = (uint64_t)sqlite3_column_int64(st, 6),
+			.created = sqlite3_column_double(st, 7),
+		};
+		cb(arg, &u);
+	}
+	if (rc != SQLITE_DONE)
+		goto fail;
+	sqlite3_finalize(st);
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot load the uploads: %s", sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	return -1;
+}
 
 /* ---- recovery ---- */
 

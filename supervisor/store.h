@@ -17,8 +17,9 @@
 #include "../core/route.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 struct store;
 
@@ -32,6 +33,21 @@ void store_close(struct store *s);
  * with the reason in err. */
 int store_load(struct store *s, struct route *r, double now, size_t *agents,
 	       size_t *packets, char *err, size_t errlen);
+
+/* An upload as recorded. */
+struct upload_record {
+	const char *stored, *original, *field, *agent; /* agent may be NULL */
+	uint64_t size, dev, ino;
+	double created;
+};
+
+/* Call cb for every recorded upload (at start, before store_start()). */
+int store_load_uploads(struct store *s,
+		       void (*cb)(void *arg, const struct upload_record *u), void *arg,
+		       char *err, size_t errlen);
+/* Stage an upload's row, or its deletion. */
+void store_stage_upload(struct store *s, const struct upload_record *u);
+void store_stage_upload_gone(struct store *s, const char *stored);
 
 /* Start the writer thread; from then on only it uses the database. */
 int store_start(struct store *s, char *err, size_t errlen);

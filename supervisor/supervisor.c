@@ -16,6 +16,7 @@
 #include "../core/log.h"
 #include "../core/route.h"
 #include "store.h"
+#include "uploads.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -69,6 +70,8 @@ struct supervisor {
 	struct event_base *base;
 	int listen_fd;
 	struct store *store;
+	struct uploads *uploads; /* what download_file may serve */
+	double uploads_swept;    /* monotonic: upload_retention last applied */
 	struct route *route;
 	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
 	struct event *signals[4];
@@ -366,6 +369,13 @@ static void dispatch_actions(struct supervisor *sup)
 	route_clear_actions(sup->route);
 }
 
+/* The staged changes go to the writer in this loop turn. */
+static void commit_soon(struct supervisor *sup)
+{
+	if (!event_pending(sup->commit, EV_TIMEOUT, NULL))
+		event_active(sup->commit, EV_TIMEOUT, 0);
+}
+
 static void worker_packet(struct worker *w, const struct ipc_msg *m)
 {
 	struct packet p = {
@@ -428,6 +438,25 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 	case IPC_VERSION_MISMATCH:
 		route_version_mismatch(sup->route, m->str1, m->data, m->len, now_epoch());
 		break;
+	case IPC_UPLOAD_STORED: {
+		struct upload_record r = {
+			.stored = m->str1, .original = m->str2, .field = m->str3,
+			.agent = m->data, .size = (uint64_t)m->pid, .dev = m->conn,
+			.ino = m->seq, .created = now_epoch(),
+		};
+		/* before the submission that names it: committed with it */
+		uploads_add(sup->uploads, &r);
+		commit_soon(sup);
+		return;
+	}
+	case IPC_DOWNLOAD_CHECK: {
+		uint64_t dev = 0, ino = 0;
+		int found = uploads_find(sup->uploads, m->str1, &dev, &ino);
+		msgpack_packer pk = worker_packer(w);
+
+		ipc_pack_download_info(&pk, m->conn, found, dev, ino);
+		return;
+	}
 	default:
 		worker_broken(w, "message of the wrong direction");
 		return;
@@ -810,6 +839,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	route_tick(sup->route, now_epoch());
 	dispatch_actions(sup);
 	workers_check_draining(sup);
+	if (sup->cfg.upload_retention > 0 &&
+	    now_monotonic() - sup->uploads_swept >= fmin(60, sup->cfg.upload_retention)) {
+		sup->uploads_swept = now_monotonic();
+		if (uploads_expire(sup->uploads, sup->cfg.upload_dir,
+				   sup->cfg.upload_retention, now_epoch()) > 0)
+			commit_soon(sup);
+	}
 }
 
 static void raise_fd_limit(void)
@@ -878,6 +914,12 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 			log_info("recovered %zu agents and %zu queued packets from %s in "
 				 "%.0f ms", agents, packets, cfg->state_path,
 				 (now_monotonic() - started) * 1000);
+		sup.uploads = uploads_new(sup.store, err, sizeof err);
+		if (sup.uploads == NULL) {
+			fprintf(stderr, "mephisto-router: %s\n", err);
+			sup.exit_code = EXIT_CONFIG;
+			goto stop;
+		}
 		if (store_start(sup.store, err, sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
 			sup.exit_code = EXIT_CONFIG;
@@ -934,6 +976,7 @@ stop:
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++)
 		msgpack_sbuffer_destroy(&sup.workers[i].out);
 	route_free(sup.route);
+	uploads_free(sup.uploads);
 	if (sup.kill_timer != NULL)
 		event_free(sup.kill_timer);
 	event_base_free(sup.base);

@@ -14,8 +14,9 @@
  * headers too (lws mounts answer errors without them and send no-store),
  * and so that a path can never leave its folder: ".." segments are refused;
  * symlinks placed in static_dir are followed (Mephisto's link_task_source
- * links the task's bundle there), a download's resolved path must stay
- * inside upload_dir. */
+ * links the task's bundle there). A download is served only when the
+ * supervisor has recorded it, from a descriptor opened with O_NOFOLLOW and
+ * checked to be the very file recorded. */
 #include "worker.h"
 
 #include "../core/idtable.h"
@@ -68,6 +69,7 @@ struct upload {
 	char stored[UPLOAD_NAME_LEN + 1];
 	char *path;
 	size_t size;
+	uint64_t dev, ino; /* the file's identity, recorded by the supervisor */
 };
 
 struct http_req {
@@ -92,6 +94,9 @@ struct http_req {
 	unsigned char *answer; /* LWS_PRE + headers + body */
 	size_t answer_len;
 	int close_after;
+	char download[UPLOAD_NAME_LEN + 1]; /* the stored name asked for */
+	int file_fd;      /* a download being sent after the answer's headers */
+	size_t file_left; /* its bytes still to send */
 };
 
 /* Requests waiting for the supervisor, by the id sent in HTTP_REQUEST. */
@@ -154,6 +159,7 @@ static struct http_req *req_get(struct session *s)
 		if (s->req == NULL)
 			fatal("out of memory");
 		s->req->fd = -1;
+		s->req->file_fd = -1;
 	}
 	return s->req;
 }
@@ -185,6 +191,8 @@ static void req_free(struct session *s)
 		lws_spa_destroy(r->spa);
 	if (r->fd >= 0)
 		close(r->fd);
+	if (r->file_fd >= 0)
+		close(r->file_fd);
 	for (size_t i = 0; i < r->nfiles; i++) {
 		/* A refused or abandoned request leaves nothing behind. */
 		if (!r->committed && unlink(r->files[i].path) < 0 && errno != ENOENT)
@@ -234,8 +242,9 @@ static int add_router_headers(struct lws *wsi, unsigned char **p,
 /* Prepare the whole answer and ask for the WRITEABLE callback. close_after:
  * the request body was not (fully) read, so the connection cannot be
  * reused. */
-static int answer(struct lws *wsi, struct session *s, unsigned int status,
-		  const char *type, const char *body, size_t len, int close_after)
+static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
+			const char *type, const char *body, size_t len,
+			lws_filepos_t content_length, int close_after)
 {
 	struct http_req *r = req_get(s);
 	unsigned char *start, *p, *end;
@@ -247,7 +256,7 @@ static int answer(struct lws *wsi, struct session *s, unsigned int status,
 		fatal("out of memory");
 	start = p = r->answer + LWS_PRE;
 	end = start + HEADER_BUF - 1;
-	if (lws_add_http_common_headers(wsi, status, type, (lws_filepos_t)len, &p, end) ||
+	if (lws_add_http_common_headers(wsi, status, type, content_length, &p, end) ||
 	    add_router_headers(wsi, &p, end) ||
 	    (close_after && lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
 				(const unsigned char *)"close", 5, &p, end)) ||
@@ -261,6 +270,13 @@ static int answer(struct lws *wsi, struct session *s, unsigned int status,
 	r->close_after = close_after;
 	lws_callback_on_writable(wsi);
 	return 0;
+}
+
+static int answer(struct lws *wsi, struct session *s, unsigned int status,
+		  const char *type, const char *body, size_t len, int close_after)
+{
+	return answer_sized(wsi, s, status, type, body, len, (lws_filepos_t)len,
+			    close_after);
 }
 
 static int answer_json(struct lws *wsi, struct session *s, unsigned int status,
@@ -315,13 +331,49 @@ static int answer_error(struct lws *wsi, struct session *s, unsigned int status,
 	return rc;
 }
 
+/* The next piece of a download, read from the descriptor checked when it
+ * was opened (never by its name again). */
+static int send_file_piece(struct lws *wsi, struct session *s)
+{
+	struct http_req *r = s->req;
+	unsigned char buf[LWS_PRE + 65536];
+	size_t want = r->file_left < 65536 ? r->file_left : 65536;
+	ssize_t got = read(r->file_fd, buf + LWS_PRE, want);
+
+	if (got <= 0) {
+		log_warn("download: the file ended early; closing the connection");
+		return -1;
+	}
+	r->file_left -= (size_t)got;
+	if (lws_write(wsi, buf + LWS_PRE, (size_t)got,
+		      r->file_left ? LWS_WRITE_HTTP : LWS_WRITE_HTTP_FINAL) < got)
+		return -1;
+	if (r->file_left > 0) {
+		lws_callback_on_writable(wsi);
+		return 0;
+	}
+	req_free(s);
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 static int on_writeable(struct lws *wsi, struct session *s)
 {
 	struct http_req *r = s->req;
 	int close_after, n;
 
-	if (r == NULL || r->answer == NULL)
+	if (r == NULL)
 		return 0;
+	if (r->answer == NULL)
+		return r->file_fd >= 0 ? send_file_piece(wsi, s) : 0;
+	if (r->file_fd >= 0) { /* the headers, then the file */
+		n = lws_write(wsi, r->answer + LWS_PRE, r->answer_len, LWS_WRITE_HTTP_HEADERS);
+		free(r->answer);
+		r->answer = NULL;
+		if (n < (int)r->answer_len)
+			return -1;
+		lws_callback_on_writable(wsi);
+		return 0;
+	}
 	n = lws_write(wsi, r->answer + LWS_PRE, r->answer_len, LWS_WRITE_HTTP_FINAL);
 	close_after = r->close_after;
 	if (n < (int)r->answer_len)
@@ -356,17 +408,15 @@ void http_answer_from_supervisor(uint64_t id, unsigned int status,
 
 /* ---- files ---- */
 
-/* Map a request path to a regular file inside dir, or fail. The path
- * itself can never leave dir (no ".." segment); a symlink the operator put
- * in dir is followed when follow_links (static_dir: Mephisto links a
- * task's bundle into it), never otherwise (upload_dir). */
-static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen,
-		      int follow_links)
+/* Map a request path to a regular file in static_dir, or fail. The path
+ * itself can never leave the folder (no ".." segment); symlinks the
+ * operator put there are followed (Mephisto's link_task_source links a
+ * task's bundle into it). Downloads do not come here: see serve_download. */
+static int resolve_static(const char *uri, char *out, size_t outlen)
 {
 	char joined[PATH_MAX * 2], root[PATH_MAX];
 	const char *seg;
 	struct stat st;
-	size_t rootlen;
 	int n;
 
 	if (uri[0] != '/')
@@ -374,43 +424,29 @@ static int resolve_in(const char *dir, const char *uri, char *out, size_t outlen
 	for (seg = uri; seg != NULL; seg = strchr(seg + 1, '/'))
 		if (strncmp(seg, "/..", 3) == 0 && (seg[3] == '/' || seg[3] == '\0'))
 			return -1;
-	if (realpath(dir, root) == NULL)
+	if (realpath(worker_cfg.static_dir, root) == NULL)
 		return -1;
 	snprintf(joined, sizeof joined, "%s%s%s", root, uri,
 		 uri[strlen(uri) - 1] == '/' ? "index.html" : "");
-	if (follow_links) {
-		if (stat(joined, &st) == 0 && S_ISDIR(st.st_mode))
-			n = snprintf(out, outlen, "%s/index.html", joined);
-		else
-			n = snprintf(out, outlen, "%s", joined);
-		if (n < 0 || (size_t)n >= outlen)
-			return -1;
-		return stat(out, &st) == 0 && S_ISREG(st.st_mode) ? 0 : -1;
-	}
-	if (realpath(joined, out) == NULL || strlen(out) >= outlen)
+	if (stat(joined, &st) == 0 && S_ISDIR(st.st_mode))
+		n = snprintf(out, outlen, "%s/index.html", joined);
+	else
+		n = snprintf(out, outlen, "%s", joined);
+	if (n < 0 || (size_t)n >= outlen)
 		return -1;
-	rootlen = strlen(root);
-	if (strncmp(out, root, rootlen) != 0 || out[rootlen] != '/')
-		return -1;
-	if (stat(out, &st) == 0 && S_ISDIR(st.st_mode)) {
-		snprintf(joined, sizeof joined, "%s/index.html", out);
-		if (realpath(joined, out) == NULL)
-			return -1;
-	}
 	return stat(out, &st) == 0 && S_ISREG(st.st_mode) ? 0 : -1;
 }
 
-static int serve_file(struct lws *wsi, struct session *s, const char *dir,
-		      const char *uri, const char *type, int follow_links)
+static int serve_file(struct lws *wsi, struct session *s, const char *uri)
 {
 	char path[PATH_MAX];
 	unsigned char headers[HEADER_BUF], *p = headers;
+	const char *type;
 	int n;
 
-	if (resolve_in(dir, uri, path, sizeof path, follow_links) < 0)
+	if (resolve_static(uri, path, sizeof path) < 0)
 		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
-	if (type == NULL)
-		type = mimetype_of(path);
+	type = mimetype_of(path);
 	if (add_router_headers(wsi, &p, headers + sizeof headers - 1))
 		return -1;
 	*p = '\0';
@@ -432,15 +468,72 @@ static int is_stored_upload_name(const char *name)
 	return 1;
 }
 
-/* GET /download_file/<name>: only names the router gives uploads. */
+static int upload_path(char *out, size_t len, const char *stored)
+{
+	const char *dir = worker_cfg.upload_dir;
+	size_t dirlen = strlen(dir);
+	int n = snprintf(out, len, "%.*s%s%s", (int)(len - UPLOAD_NAME_LEN - 2), dir,
+			 dirlen && dir[dirlen - 1] == '/' ? "" : "/", stored);
+
+	return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+/* GET /download_file/<name>: only uploads the supervisor has recorded; the
+ * answer comes with DOWNLOAD_INFO (http_download_info). */
 static int serve_download(struct lws *wsi, struct session *s, const char *name)
 {
-	char uri[UPLOAD_NAME_LEN + 2];
+	struct http_req *r;
 
 	if (!is_stored_upload_name(name))
 		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
-	snprintf(uri, sizeof uri, "/%s", name);
-	return serve_file(wsi, s, worker_cfg.upload_dir, uri, "application/octet-stream", 0);
+	r = req_get(s);
+	memcpy(r->download, name, UPLOAD_NAME_LEN + 1);
+	r->pending = idtable_add(&pending, wsi);
+	ipc_pack_download_check(worker_ipc_packer(), r->pending, name);
+	worker_ipc_check();
+	return 0;
+}
+
+void http_download_info(uint64_t id, int found, uint64_t dev, uint64_t ino)
+{
+	struct lws *wsi = idtable_del(&pending, id);
+	struct session *s;
+	struct http_req *r;
+	char path[PATH_MAX];
+	struct stat st;
+	int fd;
+
+	if (wsi == NULL)
+		return; /* the client is gone */
+	s = lws_wsi_user(wsi);
+	r = s->req;
+	r->pending = 0;
+	if (!found) {
+		answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
+		return;
+	}
+	fd = upload_path(path, sizeof path, r->download) < 0
+		     ? -1 : open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino) {
+		if (fd >= 0) {
+			close(fd);
+			log_warn("download of %s refused: the file there is not the upload "
+				 "recorded (replaced, or a link)", r->download);
+		}
+		answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
+		return;
+	}
+	if (st.st_size == 0 || lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0) {
+		close(fd);
+		answer_sized(wsi, s, HTTP_STATUS_OK, "application/octet-stream", NULL, 0,
+			     (lws_filepos_t)st.st_size, 0);
+		return;
+	}
+	r->file_fd = fd;
+	r->file_left = (size_t)st.st_size;
+	answer_sized(wsi, s, HTTP_STATUS_OK, "application/octet-stream", NULL, 0,
+		     (lws_filepos_t)st.st_size, 0);
 }
 
 /* ---- task_config.json and the mephisto-task version ---- */
@@ -534,6 +627,7 @@ static int upload_cb(void *data, const char *name, const char *filename,
 {
 	struct http_req *r = ((struct session *)data)->req;
 	struct upload *u;
+	struct stat st;
 	const char *dir = worker_cfg.upload_dir;
 	size_t dirlen = strlen(dir);
 
@@ -563,10 +657,12 @@ static int upload_cb(void *data, const char *name, const char *filename,
 		r->nfiles++;
 		r->fd = open(u->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			     0600);
-		if (r->fd < 0) {
+		if (r->fd < 0 || fstat(r->fd, &st) < 0) {
 			log_error("cannot store upload %s: %s", u->path, strerror(errno));
 			return -1;
 		}
+		u->dev = (uint64_t)st.st_dev;
+		u->ino = (uint64_t)st.st_ino;
 		return 0;
 	case LWS_UFS_CONTENT:
 	case LWS_UFS_FINAL_CONTENT:
@@ -916,6 +1012,13 @@ static int post_complete(struct lws *wsi, struct session *s)
 		json_decref(body);
 		return answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, why, 0);
 	}
+	/* The files first: recorded before the packet that names them. */
+	for (size_t i = 0; i < r->nfiles; i++) {
+		const struct upload *u = &r->files[i];
+
+		ipc_pack_upload_stored(worker_ipc_packer(), u->stored, u->original, u->field,
+				       agent_id, u->size, u->dev, u->ino);
+	}
 	r->pending = idtable_add(&pending, wsi);
 	ipc_pack_http_request(worker_ipc_packer(), r->pending, flags, agent_id,
 			      request_id[0] ? request_id : NULL, payload, len);
@@ -1090,12 +1193,12 @@ static int on_request(struct lws *wsi, struct session *s)
 	}
 	if (strcmp(uri, "/task_index") == 0 || strcmp(uri, "/welcome") == 0 ||
 	    strcmp(uri, "/") == 0)
-		return serve_file(wsi, s, worker_cfg.static_dir, "/index.html", NULL, 1);
+		return serve_file(wsi, s, "/index.html");
 	if (strcmp(uri, "/task_config.json") == 0)
 		check_task_version(wsi);
 	if (strncmp(uri, "/download_file/", 15) == 0)
 		return serve_download(wsi, s, uri + 15);
-	return serve_file(wsi, s, worker_cfg.static_dir, uri, NULL, 1);
+	return serve_file(wsi, s, uri);
 }
 
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,

@@ -220,6 +220,9 @@ static void ipc_handle(const struct ipc_msg *m)
 	case IPC_HTTP_ANSWER:
 		http_answer_from_supervisor(m->conn, m->code, m->data, m->len);
 		return;
+	case IPC_DOWNLOAD_INFO:
+		http_download_info(m->conn, m->code != 0, m->seq, (uint64_t)m->pid);
+		return;
 	default:
 		ipc_broken("message of the wrong direction");
 		return;

@@ -69,5 +69,7 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 void http_answer_from_supervisor(uint64_t req, unsigned int status,
 				 const char *body, size_t len);
 void http_free_all(void);
+/* The supervisor's answer to a download's DOWNLOAD_CHECK. */
+void http_download_info(uint64_t req, int found, uint64_t dev, uint64_t ino);
 
 #endif

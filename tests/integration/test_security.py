@@ -4,6 +4,7 @@ forge. 127.0.0.2 is a second loopback address (all of 127.0.0.0/8 is
 loopback on Linux), so a refused source needs no other host."""
 
 import json
+import os
 import socket
 import stat
 import time
@@ -260,3 +261,65 @@ def test_static_symlinks_followed_upload_symlinks_not(router, tmp_path):
                  "/download_file/../../etc/passwd"):
         resp = router.get(path)
         assert "root:" not in resp.text, path
+
+
+# ---- uploads are the router's own ----
+
+def _upload(router, content, agent="a1"):
+    with requests.Session() as s:
+        s.trust_env = False
+        resp = s.post(router.url + "/submit_task",
+                      data={"USED_AGENT_ID": agent, "final_string_data": "{}"},
+                      files={"f": ("mine.txt", content)}, timeout=5)
+    assert resp.status_code == 200, resp.text
+
+
+def _rows(db, sql):
+    import sqlite3
+    con = sqlite3.connect(str(db))
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_download_serves_only_recorded_uploads(router):
+    updir = Path(router.keys["upload_dir"])
+    _upload(router, b"the real one")
+    (stored,) = [p for p in updir.glob("mr-*")]
+    assert router.get("/download_file/" + stored.name).content == b"the real one"
+    # recorded in the state database, with its identity
+    db = router.keys["state_path"]
+    assert wait_until(lambda: _rows(db, "SELECT stored_name, original_name, field, "
+                                        "agent_id, size FROM uploads") ==
+                      [(stored.name, "mine.txt", "f", "a1", 12)], 5)
+    # a file planted under a stored-looking name is not served
+    planted = updir / ("mr-" + "cd" * 16)
+    planted.write_bytes(b"planted")
+    resp = router.get("/download_file/" + planted.name)
+    assert resp.status_code == 404 and b"planted" not in resp.content
+    # the recorded name with another file put in its place is not served
+    other = updir / "other"
+    other.write_bytes(b"swapped in")
+    os.replace(other, stored)
+    resp = router.get("/download_file/" + stored.name)
+    assert resp.status_code == 404 and b"swapped" not in resp.content
+    assert wait_until(lambda: "not the upload recorded" in router.log(), 3)
+
+
+def test_large_download_streams(router):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    _upload(router, data)
+    (stored,) = list(Path(router.keys["upload_dir"]).glob("mr-*"))
+    resp = router.get("/download_file/" + stored.name)
+    assert resp.status_code == 200 and resp.content == data
+
+
+def test_upload_retention(router_factory):
+    r = router_factory(upload_retention=1)
+    _upload(r, b"short-lived")
+    (stored,) = list(Path(r.keys["upload_dir"]).glob("mr-*"))
+    assert wait_until(lambda: not stored.exists(), 5)
+    assert r.get("/download_file/" + stored.name).status_code == 404
+    assert wait_until(lambda: _rows(r.keys["state_path"],
+                                    "SELECT count(*) FROM uploads") == [(0,)], 5)

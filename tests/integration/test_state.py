@@ -629,7 +629,7 @@ def test_sqlite3_cli_while_the_router_writes(st, cli):
     assert t_start - 2 <= float(raw["started_at"]) <= time.time() + 1, raw
     # the last request_statuses was sent just before the backend left
     assert float(raw["started_at"]) - 1 <= float(raw["last_backend_ping"]) <= time.time(), raw
-    assert raw["schema_version"] == "1", raw
+    assert raw["schema_version"] == "2", raw
 
 
 # ==========================================================================
