@@ -22,6 +22,7 @@ struct config {
 	char state_path[PATH_MAX];
 	int log_level; /* enum log_level */
 	int64_t max_connections; /* per worker */
+	int max_connections_per_address; /* per worker */
 	int64_t max_message_bytes;
 	int64_t max_header_bytes;
 	int64_t ipc_buffer_bytes;

@@ -9,6 +9,7 @@
 
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/map.h"
 #include "../supervisor/supervisor.h"
 #include "wire.h"
 
@@ -17,6 +18,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -291,6 +293,65 @@ static void accept_failed(int err)
 	evtimer_add(accept_retry, &tv);
 }
 
+/* ---- connections per source address (max_connections_per_address) ---- */
+
+static struct map *per_address; /* address bytes -> count (uintptr_t) */
+static struct map *address_of;  /* struct lws * -> address key (malloc'ed) */
+
+struct address_key {
+	unsigned char len;
+	unsigned char bytes[16];
+};
+
+static void address_key_of(const struct sockaddr_storage *ss, struct address_key *k)
+{
+	memset(k, 0, sizeof *k);
+	if (ss->ss_family == AF_INET) {
+		k->len = 4;
+		memcpy(k->bytes, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		const unsigned char *a = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+		static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+		if (memcmp(a, mapped, 12) == 0) { /* an IPv4 client on an IPv6 socket */
+			k->len = 4;
+			memcpy(k->bytes, a + 12, 4);
+		} else {
+			k->len = 16;
+			memcpy(k->bytes, a, 16);
+		}
+	}
+}
+
+static uintptr_t address_count(const struct address_key *k)
+{
+	return (uintptr_t)map_get(per_address, k, sizeof *k);
+}
+
+static void address_add(const struct address_key *k, intptr_t delta)
+{
+	uintptr_t n = address_count(k) + (uintptr_t)delta;
+
+	if (n == 0)
+		map_del(per_address, k, sizeof *k);
+	else
+		map_put(per_address, k, sizeof *k, (void *)n);
+}
+
+/* lws is done with a connection: its address counts one less. */
+static void address_forget(struct lws *wsi)
+{
+	struct address_key *k;
+
+	if (address_of == NULL)
+		return;
+	k = map_del(address_of, &wsi, sizeof wsi);
+	if (k != NULL) {
+		address_add(k, -1);
+		free(k);
+	}
+}
+
 /* One connection per wakeup, not all that are waiting: every worker is
  * woken for the shared socket, and a worker that took the whole backlog
  * in one go (as evconnlistener does) ended up with most of a burst of
@@ -299,12 +360,16 @@ static void accept_failed(int err)
  * whichever worker is free take the next. */
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
-	static time_t last_warning;
+	static time_t last_warning, last_address_warning;
 	int fd, one = 1, keepidle = 60, keepintvl = 10, keepcnt = 6;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	struct address_key key;
+	struct lws *wsi;
 
 	(void)what;
 	(void)arg;
-	fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0) {
 		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
 		    errno == ENOMEM)
@@ -323,6 +388,22 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		close(fd);
 		return;
 	}
+	address_key_of(&ss, &key);
+	if (address_count(&key) >= (uintptr_t)worker_cfg.max_connections_per_address) {
+		worker_stats.refused_by_address++;
+		if (time(NULL) - last_address_warning >= 60) {
+			char text[64] = "?";
+
+			last_address_warning = time(NULL);
+			inet_ntop(key.len == 4 ? AF_INET : AF_INET6, key.bytes, text, sizeof text);
+			log_warn("%s has max_connections_per_address (%d) connections to this "
+				 "worker: refusing more (%llu refused so far; logged once a "
+				 "minute)", text, worker_cfg.max_connections_per_address,
+				 (unsigned long long)worker_stats.refused_by_address);
+		}
+		close(fd);
+		return;
+	}
 	/* Answers go out in more than one write: do not let Nagle hold the
 	 * second one for the peer's delayed ACK (40 ms per request). */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -332,8 +413,18 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &keepintvl, sizeof keepintvl);
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &keepcnt, sizeof keepcnt);
 	/* lws closes fd itself when adoption fails. */
-	if (lws_adopt_socket_vhost(vhost, fd) == NULL)
+	wsi = lws_adopt_socket_vhost(vhost, fd);
+	if (wsi == NULL) {
 		log_warn("could not adopt a connection");
+	} else {
+		struct address_key *k = malloc(sizeof *k);
+
+		if (k == NULL)
+			fatal("out of memory");
+		*k = key;
+		map_put(address_of, &wsi, sizeof wsi, k);
+		address_add(&key, 1);
+	}
 	update_listener();
 }
 
@@ -378,6 +469,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		worker_stats.connections++;
 		break;
 	case LWS_CALLBACK_WSI_DESTROY:
+		address_forget(wsi);
 		worker_stats.connections--;
 		update_listener();
 		break;
@@ -594,6 +686,8 @@ int worker_main(int slot)
 	evutil_make_socket_nonblocking(WORKER_LISTEN_FD);
 	/* Until the hello says otherwise: room for the config text. */
 	reader = ipc_reader_new(2 * 1024 * 1024);
+	per_address = map_new();
+	address_of = map_new();
 	ipc = bufferevent_socket_new(base, WORKER_IPC_FD, BEV_OPT_CLOSE_ON_FREE);
 	bufferevent_setcb(ipc, ipc_read_cb, ipc_write_cb, ipc_event_cb, NULL);
 	bufferevent_enable(ipc, EV_READ | EV_WRITE);
@@ -617,6 +711,16 @@ int worker_main(int slot)
 		lws_context_destroy(context);
 	ws_free_all();
 	http_free_all();
+	{
+		size_t pos = 0;
+		void *value;
+
+		while (map_next(address_of, &pos, NULL, NULL, &value))
+			free(value);
+		map_free(address_of);
+		map_free(per_address);
+		address_of = per_address = NULL;
+	}
 	wire_free_all();
 	if (ipc != NULL) {
 		/* Hand the supervisor everything still buffered (closes, packets

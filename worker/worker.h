@@ -33,6 +33,7 @@ struct worker_stats {
 	uint64_t connections; /* open TCP connections (HTTP or WebSocket) */
 	uint64_t websockets;
 	uint64_t refused_connections; /* over max_connections */
+	uint64_t refused_by_address;  /* over max_connections_per_address */
 	uint64_t backpressure_pauses;
 	uint64_t invalid_packets;
 	uint64_t backend_refused; /* alive as "mephisto" from outside backend_allow */

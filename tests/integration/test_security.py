@@ -323,3 +323,40 @@ def test_upload_retention(router_factory):
     assert r.get("/download_file/" + stored.name).status_code == 404
     assert wait_until(lambda: _rows(r.keys["state_path"],
                                     "SELECT count(*) FROM uploads") == [(0,)], 5)
+
+
+def test_connections_per_address(router_factory):
+    r = router_factory(workers=1, max_connections_per_address=3)
+
+    def open_from(addr):
+        s = socket.create_connection(("127.0.0.1", r.port), timeout=5,
+                                     source_address=(addr, 0))
+        s.sendall(b"GET /is_alive HTTP/1.1\r\nHost: x\r\n\r\n")
+        return s
+
+    def answered(s):
+        s.settimeout(3)
+        try:
+            return b"200" in s.recv(4096)
+        except OSError:
+            return False
+    held = [open_from("127.0.0.2") for _ in range(3)]
+    try:
+        assert all(answered(s) for s in held)
+        extra = open_from("127.0.0.2")
+        assert not answered(extra)  # closed without an answer
+        extra.close()
+        assert r.get("/is_alive").status_code == 200  # other addresses are served
+        assert wait_until(lambda: "max_connections_per_address" in r.log(), 3)
+        held.pop().close()
+
+        def one_more():
+            s = open_from("127.0.0.2")
+            try:
+                return answered(s)
+            finally:
+                s.close()
+        assert wait_until(one_more, 5)
+    finally:
+        for s in held:
+            s.close()
