@@ -2,7 +2,8 @@
 # dist/deps.sh [BUILD_DIR] -- install the Debian packages mephisto-router
 # needs and build a static libwebsockets with libevent support into
 # BUILD_DIR/deps/lws (Debian's lws package lacks libevent). Idempotent.
-# Env: DEPS_PACKAGES_EXTRA="pkg ..." adds packages, DEPS_SKIP_APT=1 skips them.
+# Env: DEPS_PACKAGES_EXTRA="pkg ..." adds packages, DEPS_SKIP_APT=1 skips them,
+# DEPS_FUZZ=1 adds clang, libFuzzer and llvm-symbolizer (make fuzz).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,8 +15,11 @@ LWS_TGZ=libwebsockets_${LWS_VER}.orig.tar.gz
 LWS_SHA256=402e9a8df553c9cd2aff5d7a9758e9e5285bf3070c82539082864633db3deb83
 PACKAGES="build-essential pkg-config cmake libevent-dev libmsgpack-dev
   libsqlite3-dev libjansson-dev libyajl-dev libcmocka-dev zlib1g-dev libcap-dev libssl-dev
-  sqlite3 python3-pytest python3-websockets python3-requests curl
+  sqlite3 python3-pytest python3-websockets python3-requests curl patch
   ca-certificates ${DEPS_PACKAGES_EXTRA:-}"
+# tests/fuzz: clang, its sanitizer and libFuzzer runtimes (a recommendation
+# of clang's, so named here), and llvm-symbolizer for readable stacks
+if [ "${DEPS_FUZZ:-}" = 1 ]; then PACKAGES="$PACKAGES clang libclang-rt-14-dev llvm-14"; fi
 
 say() { echo "deps: $*" >&2; }
 die() { echo "deps: error: $*" >&2; exit 1; }
@@ -51,8 +55,12 @@ if [ "${DEPS_SKIP_APT:-}" = 1 ]; then say "packages: skipped (DEPS_SKIP_APT=1)";
 # --- 2. static libwebsockets with libevent -----------------------------------
 lws_version() { sed -n 's/^#define LWS_LIBRARY_VERSION "\(.*[^-]\)-*"/\1/p' "$PREFIX/include/lws_config.h"; }
 
+# dist/lws-patches/*.patch are applied to the source; a build made with
+# other patches (or none) is made again.
+PATCH_SUM=$(cat dist/lws-patches/*.patch 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$PREFIX/lib/libwebsockets.a" ] &&
-   grep -q '^#define LWS_WITH_LIBEVENT' "$PREFIX/include/lws_config.h" 2>/dev/null; then
+   grep -q '^#define LWS_WITH_LIBEVENT' "$PREFIX/include/lws_config.h" 2>/dev/null &&
+   [ "$(cat "$PREFIX/.patches" 2>/dev/null)" = "$PATCH_SUM" ]; then
   say "libwebsockets: already built, nothing to do"
   say "ok (libwebsockets $(lws_version) with libevent at $PREFIX)"
   exit 0
@@ -100,6 +108,11 @@ BLD=$DEPS/src/lws-build
 rm -rf "$SRC" "$BLD" "$PREFIX"
 tar -xzf "$DEPS/src/$LWS_TGZ" -C "$DEPS/src"
 [ -d "$SRC" ] || die "$LWS_TGZ did not unpack to $SRC"
+for p in dist/lws-patches/*.patch; do
+  [ -f "$p" ] || continue
+  say "patching libwebsockets: $p"
+  patch -d "$SRC" -p1 --quiet <"$p" >&2 || die "$p does not apply"
+done
 say "building libwebsockets $LWS_VER (log: $LOG)"
 build() {
   cmake -S "$SRC" -B "$BLD" -DCMAKE_BUILD_TYPE=Release -DLWS_WITH_LIBEVENT=ON \
@@ -116,4 +129,5 @@ if ! build >"$LOG" 2>&1; then
 fi
 grep -q '^#define LWS_WITH_LIBEVENT' "$PREFIX/include/lws_config.h" ||
   die "built libwebsockets lacks LWS_WITH_LIBEVENT (is libevent-dev installed?)"
+echo "$PATCH_SUM" >"$PREFIX/.patches"
 say "ok (libwebsockets $(lws_version) with libevent at $PREFIX)"

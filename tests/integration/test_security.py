@@ -360,3 +360,13 @@ def test_connections_per_address(router_factory):
     finally:
         for s in held:
             s.close()
+
+
+def test_oversized_head_is_431_and_long_url_414(router):
+    big_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n"
+    assert status_of(raw_request(router.port, big_header)) == 431
+    long_url = b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert status_of(raw_request(router.port, long_url)) == 414
+    # just under max_header_bytes (8K): served
+    fits = b"GET /is_alive HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 7000 + b"\r\n\r\n"
+    assert status_of(raw_request(router.port, fits)) == 200
