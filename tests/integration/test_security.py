@@ -370,3 +370,32 @@ def test_oversized_head_is_431_and_long_url_414(router):
     # just under max_header_bytes (8K): served
     fits = b"GET /is_alive HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 7000 + b"\r\n\r\n"
     assert status_of(raw_request(router.port, fits)) == 200
+
+
+def test_backend_queue_eviction_keeps_the_submission(router_factory):
+    r = router_factory(max_backend_queue=5)
+    agent = WSClient(r.ws_url)
+    agent.send(json.dumps(browser_packet("alive", "a1")))
+    agent.recv()
+    with requests.Session() as s:
+        s.trust_env = False
+        resp = s.post(r.url + "/submit_task", timeout=5,
+                      json={"USED_AGENT_ID": "a2", "final_data": {"answer": 42}})
+    assert resp.status_code == 200, resp.text
+    for i in range(30):  # junk while the backend is away
+        agent.send(json.dumps(browser_packet("mephisto_bound_live_update", "a1", {"n": i})))
+    agent.send(json.dumps(browser_packet("heartbeat", "a1")))
+    agent.recv()  # all 30 were routed
+    backend = FakeBackend(r.ws_url, poll_interval=None).connect()
+    try:
+        sub = backend.wait_for(lambda p: p.get("packet_type") == "submit_unit",
+                               what="the submission")
+        assert sub["data"] == {"answer": 42}
+        time.sleep(0.3)
+        updates = [p["data"]["n"] for p in backend.received(
+            lambda p: p.get("packet_type") == "mephisto_bound_live_update")]
+        assert updates == list(range(26, 30)), updates  # the newest, in order
+        assert wait_until(lambda: "dropped" in r.log(), 3)
+    finally:
+        backend.stop()
+        agent.close()
