@@ -46,6 +46,7 @@ static const struct key keys[] = {
 	{ "reconnect_grace", KEY_SECONDS, OFF(reconnect_grace), "10", 0, 86400, 1 },
 	{ "heartbeat_timeout", KEY_SECONDS, OFF(heartbeat_timeout), "15", 0.01, 86400, 1 },
 	{ "request_timeout", KEY_SECONDS, OFF(request_timeout), "30", 0.01, 86400, 1 },
+	{ "max_agents_per_address", KEY_INT, OFF(max_agents_per_address), "600", 1, 10000000, 1 },
 	{ "max_agents_per_connection", KEY_INT, OFF(max_agents_per_connection), "4", 1, 8, 1 },
 	{ "agent_retention", KEY_SECONDS, OFF(agent_retention), "86400", 0, 1e9, 1 },
 	{ "max_agent_queue", KEY_SIZE, OFF(max_agent_queue), "1000", 1, 1e9, 1 },

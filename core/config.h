@@ -35,6 +35,7 @@ struct config {
 	double request_timeout;   /* s an HTTP request waits for agent_details */
 	double agent_retention;       /* s; 0: agents are never forgotten */
 	int max_agents_per_connection;
+	int max_agents_per_address; /* new agent ids a minute, per worker */
 	int64_t max_agent_queue;
 	int64_t max_backend_queue;
 	int64_t max_backend_queue_bytes;

@@ -62,6 +62,7 @@ void ws_close_all(uint32_t code);
 void ws_pause_all(int paused);
 size_t ws_count(void);
 void ws_free_all(void);
+void ws_buckets_free(void);
 
 /* http.c: HTTP requests */
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,

@@ -25,11 +25,13 @@
 #include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/map.h"
 #include "../core/wsframe.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +203,7 @@ void ws_free_all(void)
 	while ((c = idtable_next(&conns, &pos)) != NULL)
 		conn_free(c);
 	idtable_free(&conns);
+	ws_buckets_free();
 	free(batch);
 	batch = NULL;
 	batch_cap = 0;
@@ -316,11 +319,61 @@ static int refuse_backend(struct lws *wsi, struct conn *c)
 			  "this address may not be the Mephisto backend");
 }
 
+/* New agent ids per client address: a bucket of max_agents_per_address
+ * that refills in a minute, in each worker. The table is emptied when it
+ * holds 10,000 addresses (their buckets start full again). */
+struct bucket {
+	double tokens, at;
+};
+
+static struct map *buckets;
+
+static int address_may_add_agent(const char *addr)
+{
+	double cap = (double)worker_cfg.max_agents_per_address, now = wire_now();
+	struct bucket *b;
+
+	if (buckets == NULL || map_count(buckets) >= 10000) {
+		ws_buckets_free();
+		buckets = map_new();
+	}
+	b = map_get(buckets, addr, strlen(addr));
+	if (b == NULL) {
+		b = malloc(sizeof *b);
+		if (b == NULL)
+			fatal("out of memory");
+		b->tokens = cap;
+		b->at = now;
+		map_put(buckets, addr, strlen(addr), b);
+	}
+	b->tokens = fmin(cap, b->tokens + (now - b->at) * cap / 60.0);
+	b->at = now;
+	if (b->tokens < 1)
+		return 0;
+	b->tokens -= 1;
+	return 1;
+}
+
+void ws_buckets_free(void)
+{
+	size_t pos = 0;
+	void *value;
+
+	if (buckets == NULL)
+		return;
+	while (map_next(buckets, &pos, NULL, NULL, &value))
+		free(value);
+	map_free(buckets);
+	buckets = NULL;
+}
+
 /* A connection speaks for at most max_agents_per_connection agents (a
- * task page: one, or two across onboarding): one socket cannot create
- * agents without end. */
+ * task page: one, or two across onboarding), and one address brings at
+ * most max_agents_per_address new ones a minute: nobody creates agents
+ * without end. */
 static int agent_allowed(struct conn *c, const char *id)
 {
+	static double last_address_log;
 	uint32_t h = 2166136261u;
 	unsigned max = (unsigned)worker_cfg.max_agents_per_connection;
 
@@ -330,6 +383,18 @@ static int agent_allowed(struct conn *c, const char *id)
 		if (c->agents[i] == h)
 			return 1;
 	if (c->nagents < max && c->nagents < sizeof c->agents / sizeof c->agents[0]) {
+		if (!address_may_add_agent(c->client)) {
+			worker_stats.agents_refused++;
+			if (wire_now() - last_address_log >= 60) {
+				last_address_log = wire_now();
+				log_warn("%s: more than max_agents_per_address (%d) new agents "
+					 "a minute; dropped (%llu so far in this worker; logged "
+					 "once a minute)", c->client,
+					 worker_cfg.max_agents_per_address,
+					 (unsigned long long)worker_stats.agents_refused);
+			}
+			return 0;
+		}
 		c->agents[c->nagents++] = h;
 		return 1;
 	}

@@ -399,3 +399,29 @@ def test_backend_queue_eviction_keeps_the_submission(router_factory):
     finally:
         backend.stop()
         agent.close()
+
+
+def test_one_address_cannot_create_agents_without_end(router_factory):
+    r = router_factory(workers=1, max_agents_per_address=3)
+    conns = []
+    try:
+        for i in range(3):
+            c = WSClient(r.ws_url, local_addr=("127.0.0.2", 0))
+            conns.append(c)
+            c.send(json.dumps(browser_packet("alive", "addr-%d" % i)))
+            assert json.loads(c.recv())["packet_type"] == "update_status"
+        extra = WSClient(r.ws_url, local_addr=("127.0.0.2", 0))
+        conns.append(extra)
+        extra.send(json.dumps(browser_packet("alive", "addr-3")))
+        extra.send(json.dumps(browser_packet("heartbeat", "addr-3")))
+        answer = json.loads(extra.recv())
+        assert answer["packet_type"] == "heartbeat"  # no update_status: not created
+        assert "status" not in answer["data"]  # an unknown agent
+        other = WSClient(r.ws_url)  # another address is not affected
+        conns.append(other)
+        other.send(json.dumps(browser_packet("alive", "elsewhere")))
+        assert json.loads(other.recv())["packet_type"] == "update_status"
+        assert wait_until(lambda: "max_agents_per_address" in r.log(), 3)
+    finally:
+        for c in conns:
+            c.close()
