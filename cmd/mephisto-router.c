@@ -107,7 +107,13 @@ int main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 	if (check_only) {
-		char *text = config_format(&cfg);
+		char *text;
+
+		if (supervisor_check(&cfg, 0, err, sizeof err) < 0) {
+			fprintf(stderr, "mephisto-router: %s\n", err);
+			return EXIT_CONFIG;
+		}
+		text = config_format(&cfg);
 		printf("# %s: ok\n%s", config_path ? config_path : "embedded default", text);
 		free(text);
 		return 0;

@@ -875,6 +875,10 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
 
+	if (supervisor_check(cfg, 1, err, sizeof err) < 0) {
+		fprintf(stderr, "mephisto-router: %s\n", err);
+		return EXIT_CONFIG;
+	}
 	sup.listen_fd = listen_open(cfg, err, sizeof err);
 	if (sup.listen_fd < 0) {
 		fprintf(stderr, "mephisto-router: %s\n", err);

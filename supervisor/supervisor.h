@@ -16,4 +16,10 @@
 int supervisor_main(const struct config *cfg, const char *config_path,
 		    const char *self_exe);
 
+/* Everything a configuration must pass to start (combinations of keys, the
+ * open-file limit, upload_dir and state_path usable), for the start itself
+ * (create: a missing upload_dir is made, 0700) and --check-config (nothing
+ * is made). Returns 0, or -1 with the reason in err. */
+int supervisor_check(const struct config *c, int create, char *err, size_t errlen);
+
 #endif

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import requests
 
 import websockets.exceptions
 
-from conftest import WSClient, wait_until
+from conftest import WSClient, require_binary, wait_until
 from mephisto_fakes import FakeBackend, browser_packet
 
 ALIVE_BACKEND = json.dumps({"packet_type": "alive", "subject_id": "mephisto",
@@ -425,3 +426,44 @@ def test_one_address_cannot_create_agents_without_end(router_factory):
     finally:
         for c in conns:
             c.close()
+
+
+def test_check_config_refuses_what_start_refuses(cli, tmp_path):
+    import resource
+
+    base = "state_path = %s\n" % (tmp_path / "s.db")
+    cases = [
+        ("ipc_buffer_bytes = 64K\nmax_message_bytes = 1M\n", "ipc_buffer_bytes"),
+        ("body_memory_bytes = 64K\nbackend_max_frame_bytes = 1M\n", "body_memory_bytes"),
+        ("upload_dir = /proc/version\n", "upload_dir"),
+        ("upload_dir = /nonexistent-parent/uploads\n", "upload_dir"),
+        ("state_path = /nonexistent-dir/s.db\n", "state_path"),
+    ]
+    for text, key in cases:
+        conf = tmp_path / "c.conf"
+        conf.write_text((base if "state_path" not in text else "") + text)
+        res = cli(["--check-config", "--config", str(conf)])
+        assert res.returncode == 2 and key in res.stderr, (text, res)
+        start = cli(["--config", str(conf)], timeout=10)
+        assert start.returncode == 2 and key in start.stderr, (text, start)
+    # the open-file limit: the check refuses, as each worker would
+    conf = tmp_path / "fd.conf"
+    conf.write_text(base + "max_connections = 5000\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    res = subprocess.run([require_binary(), "--check-config", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=10,
+                         preexec_fn=lambda: resource.setrlimit(
+                             resource.RLIMIT_NOFILE, (512, 512)))
+    assert res.returncode == 2 and "limit is 512" in res.stderr, res
+    # a missing upload_dir whose parent is writable: the start makes it, 0700
+    conf.write_text(base + "upload_dir = %s\n" % (tmp_path / "new-uploads"))
+    assert cli(["--check-config", "--config", str(conf)]).returncode == 0
+
+
+def test_missing_upload_dir_is_made_owner_only(router_factory, tmp_path):
+    updir = tmp_path / "made-by-the-router"
+    r = router_factory(upload_dir=str(updir) + "/")
+    assert updir.is_dir()
+    assert stat.S_IMODE(updir.stat().st_mode) == 0o700
+    _upload(r, b"lands here")
+    assert len(list(updir.glob("mr-*"))) == 1
