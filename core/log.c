@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 static const char *level_names[] = { "error", "warn", "info", "debug" };
+static const int syslog_priority[] = { 3, 4, 6, 7 }; /* LOG_ERR .. LOG_DEBUG */
 static enum log_level current_level = LOG_LVL_INFO;
 static char process[32] = "mephisto-router";
 static int with_time = 1;
@@ -79,7 +80,12 @@ static void log_write(enum log_level level, const char *fmt, va_list ap)
 	char line[2048];
 	size_t n = 0;
 
-	if (with_time) {
+	/* Under systemd the journal takes the priority from a "<N>" prefix
+	 * (sd-daemon(3)): journalctl -p warning then shows warnings and
+	 * errors. */
+	if (!with_time) {
+		n = (size_t)snprintf(line, sizeof line, "<%d>", syslog_priority[level]);
+	} else {
 		struct timeval tv;
 		struct tm tm;
 		gettimeofday(&tv, NULL);

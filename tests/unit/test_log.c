@@ -67,12 +67,29 @@ static void test_long_message_cut(void **state)
 	free(arg);
 }
 
+/* Under systemd (JOURNAL_STREAM) a line starts with its syslog priority. */
+static void test_journal_priority_prefix(void **state)
+{
+	char *line;
+
+	(void)state;
+	setenv("JOURNAL_STREAM", "8:1234", 1);
+	log_init("test");
+	line = logged("x");
+	assert_true(strncmp(line, "<6>info test: agent x", 21) == 0);
+	unsetenv("JOURNAL_STREAM");
+	log_init("test");
+	line = logged("x");
+	assert_true(line[0] >= '2' && line[0] <= '9'); /* a timestamp */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_newline_cannot_forge_a_line),
 		cmocka_unit_test(test_control_and_high_bytes_escaped),
 		cmocka_unit_test(test_long_message_cut),
+		cmocka_unit_test(test_journal_priority_prefix),
 	};
 
 	log_init("test");
