@@ -121,11 +121,18 @@ static void conn_free(struct conn *c)
 
 size_t ws_count(void) { return conns.count; }
 
-/* The supervisor's window and one packet beyond it, plus room for the
- * answers to the peer's own heartbeats. */
+/* The supervisor's window and one packet beyond it (the window always
+ * lets one go, whatever its size: a packet from an agent, at most
+ * max_message_bytes, or one built for the backend, at most
+ * backend_max_frame_bytes), plus room for the answers to the peer's own
+ * heartbeats. */
 static size_t send_bound(void)
 {
-	return IPC_SEND_WINDOW + 2 * (size_t)worker_cfg.max_message_bytes + (1 << 20);
+	int64_t packet = worker_cfg.max_message_bytes > worker_cfg.backend_max_frame_bytes
+				 ? worker_cfg.max_message_bytes
+				 : worker_cfg.backend_max_frame_bytes;
+
+	return IPC_SEND_WINDOW + 2 * (size_t)packet + (1 << 20);
 }
 
 void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)

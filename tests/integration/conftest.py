@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,86 @@ def sanitizer_report(text):
             start = text.rfind("\n", 0, i) + 1
             return "\n".join(text[start:].splitlines()[:40])
     return None
+
+
+# --------------------------------------------------------------------------
+# worker-death guard
+#
+# The supervisor logs every worker that ends. A worker the test did not kill
+# on purpose must never end: a crash, an exit on an error or a broken IPC
+# stream is a router bug, even when the test's own assertions pass (the
+# respawn hides it). The router fixture fails the test on any such line.
+# A test that kills a worker on purpose says so, either by killing it
+# through Router.kill_worker(slot, sig) or, when something else ends it (the
+# supervisor replacing a stalled worker, say), with
+# Router.expect_worker_death(slot, sig) beforehand. Each declaration excuses
+# exactly one death of that slot by that signal (sig=None: by any cause).
+# A supervisor that ends by a signal other than SIGKILL (the only signal a
+# test or an operator uses to kill it: it handles SIGTERM/SIGINT/SIGHUP) is
+# a crash too.
+
+# "worker 1 (uptime 3.2 s) killed by signal 11 (Segmentation fault); restarting it in 0.10 s"
+WORKER_DEATH_RE = re.compile(
+    r"supervisor: (worker (\d+) \(uptime [^)]*\) (.+?); restarting it in .*)$")
+# "worker 1 (pid 123): broken IPC (why); restarting it"
+WORKER_BROKEN_RE = re.compile(
+    r"supervisor: (worker (\d+) \(pid \d+\): broken IPC .*)$")
+# "worker 1 exited with status 2: it cannot work with this configuration; ..."
+WORKER_CONFIG_EXIT_RE = re.compile(
+    r"supervisor: (worker (\d+) (.+?): it cannot work with this configuration.*)$")
+# shutdown and retiring exits, logged at info without "restarting": exit 0,
+# or SIGKILL from the supervisor's own drain timeout, are the normal ends
+WORKER_QUIET_EXIT_RE = re.compile(
+    r"supervisor: (worker (\d+) (exited with status \d+|killed by signal \d+ "
+    r"\([^)]*\)|ended \(status [^)]*\)))$")
+SIGNAL_IN_HOW_RE = re.compile(r"killed by signal (\d+)")
+STATUS_IN_HOW_RE = re.compile(r"exited with status (\d+)")
+
+
+def worker_ends(log_text):
+    """The worker ends the supervisor logged, in order:
+    [(kind, slot, signum or None, line)], kind one of "death" (restarted),
+    "broken" (broken IPC), "config" (exit 2, not restarted), "quiet"
+    (a shutdown or retiring exit)."""
+    out = []
+    for line in log_text.splitlines():
+        line = line.rstrip()
+        for kind, rx in (("death", WORKER_DEATH_RE), ("broken", WORKER_BROKEN_RE),
+                         ("config", WORKER_CONFIG_EXIT_RE),
+                         ("quiet", WORKER_QUIET_EXIT_RE)):
+            m = rx.search(line)
+            if m:
+                sm = SIGNAL_IN_HOW_RE.search(m.group(1))
+                out.append((kind, int(m.group(2)),
+                            int(sm.group(1)) if sm else None, line))
+                break
+    return out
+
+
+def unexpected_worker_ends(log_text, intended):
+    """The log lines of worker ends not covered by intended, a list of
+    (slot, signum or None) declarations, each covering one death."""
+    left = list(intended)
+    bad = []
+    for kind, slot, signum, line in worker_ends(log_text):
+        if kind == "quiet":
+            st = STATUS_IN_HOW_RE.search(line)
+            if st and int(st.group(1)) == 0:
+                continue
+            if signum == signal.SIGKILL:
+                continue  # the supervisor's drain timeout
+            bad.append(line)
+            continue
+        if kind == "broken":
+            bad.append(line)  # never intended: our own worker sent garbage
+            continue
+        for i, (s, sig) in enumerate(left):
+            if s == slot and (sig is None or sig == signum):
+                del left[i]
+                break
+        else:
+            bad.append(line)
+    return bad
 
 
 def router_binary():
@@ -427,6 +508,8 @@ class Router:
         self._logf = None
         self.seen_pids = set()
         self.ws_clients = []
+        self.intended_worker_deaths = []  # [(slot, signum or None)]
+        self._guard_snapshot = None  # (supervisor returncode, log) at cleanup
         if use_config:
             self.write_config()
 
@@ -555,6 +638,61 @@ class Router:
                                  % (n, self.describe_children(), self.log_tail()))
         return got
 
+    # -- intended worker deaths (the worker-death guard, see worker_ends)
+    def expect_worker_death(self, slot, sig=signal.SIGKILL):
+        """Declare that the worker in slot will end once, by signal sig
+        (None: by any cause), because of something the test does on
+        purpose; the guard excuses exactly that one death."""
+        self.intended_worker_deaths.append(
+            (int(slot), None if sig is None else int(sig)))
+
+    def kill_worker(self, slot, sig=signal.SIGKILL):
+        """Send sig (SIGKILL) to the worker in slot, declared as an intended
+        death. Returns the pid that was signalled."""
+        assert sig not in (signal.SIGSTOP, signal.SIGCONT, signal.SIGTSTP), (
+            "kill_worker is for deaths; use stop_worker/resume_worker")
+        pid = self.workers_by_slot().get(slot)
+        assert pid is not None, "no worker in slot %d: %s" % (
+            slot, self.describe_children())
+        self.expect_worker_death(slot, sig)
+        os.kill(pid, sig)
+        return pid
+
+    def stop_worker(self, slot):
+        """SIGSTOP the worker in slot (not a death); returns its pid."""
+        pid = self.workers_by_slot().get(slot)
+        assert pid is not None, "no worker in slot %d" % slot
+        os.kill(pid, signal.SIGSTOP)
+        return pid
+
+    def resume_worker(self, pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    def unexpected_deaths(self):
+        """Log lines of worker ends (and a supervisor crash) the test did not
+        declare; [] when all is well."""
+        if self._guard_snapshot is not None:
+            rc, text = self._guard_snapshot
+        else:
+            rc = self.proc.poll() if self.proc is not None else None
+            text = self.log()
+        bad = unexpected_worker_ends(text, self.intended_worker_deaths)
+        if rc is not None and rc < 0 and -rc != signal.SIGKILL:
+            bad.append("supervisor (pid %d) killed by signal %d (%s)" % (
+                self.pid, -rc, signal.Signals(-rc).name))
+        return bad
+
+    def check_workers(self, settle=0.3):
+        """Assert now (inside a test body) that no worker died unexpectedly;
+        settle: seconds to let the supervisor log a death that just
+        happened."""
+        if settle:
+            time.sleep(settle)
+        bad = self.unexpected_deaths()
+        assert not bad, ("router %d: worker(s) ended without the test killing "
+                         "them:\n  %s" % (self.id, "\n  ".join(bad)))
+
     def describe_children(self):
         return ["%d:%s" % (p, " ".join(read_cmdline(p))) for p in children_of(self.pid)]
 
@@ -645,6 +783,9 @@ class Router:
                 c.abort()
         if self.proc is None:
             return []
+        if self._guard_snapshot is None:
+            # what the guard judges: the run up to here, not our own SIGKILL
+            self._guard_snapshot = (self.proc.poll(), self.log())
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
         # workers that might have left the group: kill known ones still alive
@@ -716,16 +857,28 @@ def pytest_runtest_makereport(item, call):
     """On failure, attach the log tail of every router of the test."""
     outcome = yield
     report = outcome.get_result()
+    if call.when == "call":
+        # the worker-death guard does not fail the teardown of a test that
+        # already failed (or xfailed): its deaths go in that report
+        item._call_failed = report.failed or hasattr(report, "wasxfail")
     if report.failed:
         for r in getattr(item, "_routers", []):
             report.sections.append(("router %d log" % r.id, r.log_tail()))
+            if call.when == "call" and r.proc is not None:
+                bad = r.unexpected_deaths()
+                if bad:
+                    report.sections.append(("router %d: unexpected worker deaths"
+                                            % r.id, "\n".join(bad)))
 
 
 @pytest.fixture
 def router_factory(request, tmp_path):
     """make_router(start=True, workers=None, env=None, use_config=True,
     cwd=None, **keys) -> Router. Everything is killed at teardown, and the
-    teardown fails if any process of a router's group survives."""
+    teardown fails if any process of a router's group survives, if a
+    sanitizer reported, or if a worker ended that the test did not kill on
+    purpose (Router.kill_worker / Router.expect_worker_death; see
+    worker_ends)."""
     routers = []
     request.node._routers = routers
 
@@ -749,6 +902,12 @@ def router_factory(request, tmp_path):
         if rep:
             problems.append("router %d: sanitizer report in %s:\n%s"
                             % (r.id, r.log_path, rep))
+        bad = r.unexpected_deaths() if r.proc is not None else []
+        if bad and not getattr(request.node, "_call_failed", False):
+            problems.append("router %d: worker(s) ended without the test killing "
+                            "them (declare intended kills with r.kill_worker or "
+                            "r.expect_worker_death) in %s:\n  %s"
+                            % (r.id, r.log_path, "\n  ".join(bad)))
     assert not problems, "\n".join(problems)
 
 

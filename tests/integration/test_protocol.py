@@ -1725,6 +1725,7 @@ def test_worker_death(env):
     be.set_status(kept.agent_id, "in task")
     lost.recv_until(lambda p: p["data"].get("status") == "in task")
     kept.recv_until(lambda p: p["data"].get("status") == "in task")
+    r.expect_worker_death(1, signal.SIGKILL)  # on purpose: tell the guard
     os.kill(r.workers_by_slot()[1], signal.SIGKILL)
     assert be.wait_closed(3), "backend socket still open after its worker died"
     for i in range(5):

@@ -205,7 +205,7 @@ def test_worker_respawn_keeps_other_websocket(router_factory):
         old_pid = by_slot[victim]
         kept = ws[keep]
         kept.ping()
-        os.kill(old_pid, signal.SIGKILL)
+        assert r.kill_worker(victim) == old_pid  # SIGKILL, declared
 
         def respawned():
             cur = r.workers_by_slot()
