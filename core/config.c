@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 enum key_type { KEY_INT, KEY_SIZE, KEY_SECONDS, KEY_PATH, KEY_ADDRESS, KEY_LOG_LEVEL,
-		KEY_VERSION, KEY_CIDRS };
+		KEY_VERSION, KEY_CIDRS, KEY_ENDPOINT };
 
 struct key {
 	const char *name;
@@ -60,6 +60,7 @@ static const struct key keys[] = {
 	{ "body_memory_bytes", KEY_SIZE, OFF(body_memory_bytes), "256M", 65536, 1LL << 40, 1 },
 	{ "backend_max_frame_bytes", KEY_SIZE, OFF(backend_max_frame_bytes), "1M", 8192, 1 << 30, 1 },
 	{ "mephisto_task_version", KEY_VERSION, OFF(mephisto_task_version), "2.0.4", 0, 0, 1 },
+	{ "metrics_listen", KEY_ENDPOINT, OFF(metrics_listen), "127.0.0.1:9466", 0, 0, 0 },
 	{ "backend_allow", KEY_CIDRS, OFF(backend_allow), "127.0.0.0/8, ::1", 0, 0, 1 },
 	{ "trusted_proxies", KEY_CIDRS, OFF(trusted_proxies), "none", 0, 0, 1 },
 };
@@ -164,6 +165,17 @@ int config_set(struct config *c, const char *key, const char *value,
 		}
 		strcpy(field, value);
 		return 0;
+	case KEY_ENDPOINT: {
+		char addr[64];
+		int port;
+		if (strlen(value) >= sizeof c->metrics_listen ||
+		    config_endpoint(value, addr, sizeof addr, &port) < 0) {
+			snprintf(why, sizeof why, "expected address:port ([v6]:port) or none");
+			goto invalid;
+		}
+		strcpy(field, value);
+		return 0;
+	}
 	case KEY_CIDRS: {
 		struct cidr_list list;
 		if (cidr_list_parse(value, &list, why, sizeof why) < 0)
@@ -188,6 +200,43 @@ int config_set(struct config *c, const char *key, const char *value,
 invalid:
 	snprintf(err, errlen, "%s: invalid value '%s' (%s)", key, value, why);
 	return -1;
+}
+
+int config_endpoint(const char *text, char *addr, size_t addrlen, int *port)
+{
+	const char *colon;
+	unsigned char buf[sizeof(struct in6_addr)];
+	char *end;
+	long p;
+	size_t n;
+
+	if (strcmp(text, "none") == 0) {
+		*port = 0;
+		addr[0] = '\0';
+		return 0;
+	}
+	colon = strrchr(text, ':');
+	if (colon == NULL)
+		return -1;
+	if (text[0] == '[') {
+		if (colon == text || colon[-1] != ']')
+			return -1;
+		n = (size_t)(colon - 1 - (text + 1));
+		text++;
+	} else {
+		n = (size_t)(colon - text);
+	}
+	if (n == 0 || n >= addrlen)
+		return -1;
+	memcpy(addr, text, n);
+	addr[n] = '\0';
+	if (inet_pton(AF_INET, addr, buf) != 1 && inet_pton(AF_INET6, addr, buf) != 1)
+		return -1;
+	p = strtol(colon + 1, &end, 10);
+	if (end == colon + 1 || *end != '\0' || p < 1 || p > 65535)
+		return -1;
+	*port = (int)p;
+	return 0;
 }
 
 void config_defaults(struct config *c)
@@ -334,6 +383,7 @@ static void format_value(const struct config *c, const struct key *k,
 	case KEY_ADDRESS:
 	case KEY_VERSION:
 	case KEY_CIDRS:
+	case KEY_ENDPOINT:
 		snprintf(out, outlen, "%s", field);
 		break;
 	case KEY_LOG_LEVEL:
@@ -379,6 +429,7 @@ static size_t field_size(enum key_type type)
 	case KEY_ADDRESS: return sizeof ((struct config *)0)->listen_address;
 	case KEY_VERSION: return sizeof ((struct config *)0)->mephisto_task_version;
 	case KEY_CIDRS: return sizeof ((struct config *)0)->backend_allow;
+	case KEY_ENDPOINT: return sizeof ((struct config *)0)->metrics_listen;
 	}
 	return 0;
 }
@@ -396,7 +447,8 @@ int config_reload(struct config *running, const struct config *loaded,
 		const char *src = (const char *)loaded + keys[i].offset;
 		size_t size = field_size(keys[i].type);
 		int is_text = keys[i].type == KEY_PATH || keys[i].type == KEY_ADDRESS ||
-			      keys[i].type == KEY_VERSION || keys[i].type == KEY_CIDRS;
+			      keys[i].type == KEY_VERSION || keys[i].type == KEY_CIDRS ||
+			      keys[i].type == KEY_ENDPOINT;
 
 		if (is_text ? strcmp(dst, src) == 0 : memcmp(dst, src, size) == 0)
 			continue;

@@ -13,6 +13,10 @@
 
 #define CONFIG_MAX_WORKERS 64
 
+/* "a.b.c.d:port", "[v6]:port" or "none" into address and port (0 for
+ * none). Returns 0 or -1. */
+int config_endpoint(const char *text, char *addr, size_t addrlen, int *port);
+
 struct config {
 	int port;
 	char listen_address[64];
@@ -48,6 +52,7 @@ struct config {
 	int64_t backend_max_frame_bytes;
 	char mephisto_task_version[64];
 	/* address lists (core/cidr.h), as written */
+	char metrics_listen[80];    /* "address:port" of /metrics, or "none" */
 	char backend_allow[1024];   /* who may become the backend channel */
 	char trusted_proxies[1024]; /* whose X-Forwarded-For is believed */
 };

@@ -24,6 +24,9 @@ const char *ipc_type_name(enum ipc_type type)
 	case IPC_UPLOAD_STORED: return "UPLOAD_STORED";
 	case IPC_DOWNLOAD_CHECK: return "DOWNLOAD_CHECK";
 	case IPC_DOWNLOAD_INFO: return "DOWNLOAD_INFO";
+	case IPC_STATS: return "STATS";
+	case IPC_METRICS_REQUEST: return "METRICS_REQUEST";
+	case IPC_METRICS: return "METRICS";
 	case IPC_HTTP_REQUEST: return "HTTP_REQUEST";
 	case IPC_VERSION_MISMATCH: return "VERSION_MISMATCH";
 	case IPC_HTTP_ANSWER: return "HTTP_ANSWER";
@@ -175,6 +178,25 @@ int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t
 	    msgpack_pack_uint32(pk, found ? 1 : 0) < 0 || msgpack_pack_uint64(pk, dev) < 0)
 		return -1;
 	return msgpack_pack_uint64(pk, ino);
+}
+
+int ipc_pack_stats(msgpack_packer *pk, const struct worker_stats *stats)
+{
+	if (pack_head(pk, IPC_STATS, 1) < 0)
+		return -1;
+	return pack_bin(pk, stats, sizeof *stats);
+}
+
+int ipc_pack_metrics_request(msgpack_packer *pk, uint64_t req)
+{
+	return pack_conn_only(pk, IPC_METRICS_REQUEST, req);
+}
+
+int ipc_pack_metrics(msgpack_packer *pk, uint64_t req, const char *text, size_t len)
+{
+	if (pack_head(pk, IPC_METRICS, 2) < 0 || msgpack_pack_uint64(pk, req) < 0)
+		return -1;
+	return pack_bin(pk, text, len);
 }
 
 int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
@@ -448,6 +470,23 @@ static int decode_download_info(struct fields *f, struct ipc_msg *m)
 	return get_end(f);
 }
 
+static int decode_stats(struct fields *f, struct ipc_msg *m)
+{
+	if (get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	if (m->len != sizeof(struct worker_stats))
+		return field_fail(f, "stats of the wrong size");
+	return get_end(f);
+}
+
+static int decode_metrics(struct fields *f, struct ipc_msg *m)
+{
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 ||
+	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
+		return -1;
+	return get_end(f);
+}
+
 static int decode_version_mismatch(struct fields *f, struct ipc_msg *m)
 {
 	if (get_cstr(f, 0, &m->str1) < 0 ||
@@ -529,6 +568,9 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 	case IPC_UPLOAD_STORED: return decode_upload_stored(&f, msg);
 	case IPC_DOWNLOAD_CHECK: return decode_download_check(&f, msg);
 	case IPC_DOWNLOAD_INFO: return decode_download_info(&f, msg);
+	case IPC_STATS: return decode_stats(&f, msg);
+	case IPC_METRICS_REQUEST: return decode_conn_only(&f, msg);
+	case IPC_METRICS: return decode_metrics(&f, msg);
 	case IPC_WS_SEND: return decode_ws_send(&f, msg);
 	case IPC_HTTP_ANSWER: return decode_http_answer(&f, msg);
 	case IPC_WS_CLOSE: return decode_ws_close(&f, msg);

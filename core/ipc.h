@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IPC_PROTOCOL_VERSION 3
+#define IPC_PROTOCOL_VERSION 4
 
 /* Bytes a message may carry besides its payload (type, ids, framing). */
 #define IPC_MESSAGE_OVERHEAD 256
@@ -67,6 +67,8 @@ enum ipc_type {
 	IPC_WS_SENT = 106, /* conn, seq: every WS_SEND on conn up to seq is written */
 	IPC_UPLOAD_STORED = 107, /* stored, original, field, agent, size, dev, ino */
 	IPC_DOWNLOAD_CHECK = 108, /* req, stored: is this a recorded upload? */
+	IPC_STATS = 109,          /* struct worker_stats, as bytes */
+	IPC_METRICS_REQUEST = 110, /* req: a GET /metrics waits for the text */
 
 	/* supervisor -> worker */
 	IPC_WS_SEND = 200,  /* conn, dest, seq, payload: send this packet on conn */
@@ -75,6 +77,7 @@ enum ipc_type {
 	IPC_CONFIG = 203,   /* config: the reloaded config (SIGHUP) */
 	IPC_HTTP_ANSWER = 204, /* req, status, body or nil: answer request req */
 	IPC_DOWNLOAD_INFO = 205, /* req, found, dev, ino: the upload's record */
+	IPC_METRICS = 206,       /* req, text: the answer to METRICS_REQUEST */
 };
 
 /* A decoded message. Pointers point into the reader's memory and stay
@@ -108,6 +111,26 @@ struct ipc_packet_fields {
 
 const char *ipc_type_name(enum ipc_type type);
 
+/* What a worker counts; STATS carries it (as its bytes: both ends are the
+ * same binary, the hello checks the version) every second, for /metrics. */
+struct worker_stats {
+	uint64_t connections; /* open TCP connections (HTTP or WebSocket) */
+	uint64_t websockets;
+	uint64_t accepted;            /* connections accepted */
+	uint64_t refused_connections; /* over max_connections */
+	uint64_t refused_by_address;  /* over max_connections_per_address */
+	uint64_t backpressure_pauses;
+	uint64_t invalid_packets;
+	uint64_t backend_refused; /* alive as "mephisto" from outside backend_allow */
+	uint64_t bodies_refused;  /* 503: body_memory_bytes */
+	uint64_t agents_refused;  /* max_agents_per_connection / _per_address */
+	uint64_t body_timeouts;   /* 408: body_timeout, body_min_rate */
+	uint64_t packets_in;      /* valid packets received on WebSockets */
+	uint64_t packets_out;     /* packets written on WebSockets */
+	uint64_t http_requests;   /* requests answered */
+	uint64_t http_errors;     /* of those, 4xx and 5xx */
+};
+
 /* Encoders: each appends exactly one message to the packer. */
 int ipc_pack_hello_worker(msgpack_packer *pk, uint32_t slot, int64_t pid);
 int ipc_pack_hello_supervisor(msgpack_packer *pk, uint32_t slot,
@@ -138,6 +161,12 @@ int ipc_pack_upload_stored(msgpack_packer *pk, const char *stored, const char *o
 			   uint64_t dev, uint64_t ino);
 /* conn request id, str1 stored name. */
 int ipc_pack_download_check(msgpack_packer *pk, uint64_t req, const char *stored);
+/* data, len: the struct worker_stats. */
+int ipc_pack_stats(msgpack_packer *pk, const struct worker_stats *stats);
+/* conn request id. */
+int ipc_pack_metrics_request(msgpack_packer *pk, uint64_t req);
+/* conn request id, data/len the text. */
+int ipc_pack_metrics(msgpack_packer *pk, uint64_t req, const char *text, size_t len);
 /* conn request id, code 1 when recorded, seq device, pid inode. */
 int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t dev,
 			   uint64_t ino);

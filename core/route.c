@@ -1613,3 +1613,49 @@ int route_backend_attached(const struct route *r) { return r->has_channel; }
 size_t route_waiting_requests(const struct route *r) { return map_count(r->waiting); }
 
 const struct route_stats *route_get_stats(const struct route *r) { return &r->stats; }
+
+/* ---- for /metrics (a walk of the agents: a scrape, not a hot path) ---- */
+
+void route_count_statuses(const struct route *r,
+			  void (*cb)(void *arg, const char *status, size_t n), void *arg)
+{
+	struct map *counts = map_new();
+	size_t pos = 0, len;
+	const void *key;
+	void *value;
+
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
+		const char *st = ((const struct agent *)value)->status;
+		uintptr_t n = (uintptr_t)map_get(counts, st, strlen(st));
+
+		map_put(counts, st, strlen(st), (void *)(n + 1));
+	}
+	pos = 0;
+	while (map_next(counts, &pos, &key, &len, &value)) {
+		char name[PACKET_MAX_STATUS_BYTES + 1];
+
+		snprintf(name, sizeof name, "%.*s", (int)len, (const char *)key);
+		cb(arg, name, (size_t)(uintptr_t)value);
+	}
+	map_free(counts);
+}
+
+size_t route_attached_agents(const struct route *r) { return map_count(r->conns); }
+
+size_t route_agent_queued(const struct route *r)
+{
+	size_t pos = 0, n = 0;
+	void *value;
+
+	while (map_next(r->agents, &pos, NULL, NULL, &value))
+		n += ((const struct agent *)value)->queue.count;
+	return n;
+}
+
+void route_backend_queue(const struct route *r, size_t *packets, size_t *bytes,
+			 double *oldest)
+{
+	*packets = r->backend.count;
+	*bytes = r->backend.bytes;
+	*oldest = r->backend.head ? r->backend.head->created : 0;
+}

@@ -254,4 +254,14 @@ int route_backend_attached(const struct route *r);
 size_t route_waiting_requests(const struct route *r);
 const struct route_stats *route_get_stats(const struct route *r);
 
+/* For /metrics: agents per status (cb once per status with its count),
+ * attached agents, packets waiting in agents' queues, and the backend's
+ * queue (packets, bytes, the oldest's creation time or 0). */
+void route_count_statuses(const struct route *r,
+			  void (*cb)(void *arg, const char *status, size_t n), void *arg);
+size_t route_attached_agents(const struct route *r);
+size_t route_agent_queued(const struct route *r);
+void route_backend_queue(const struct route *r, size_t *packets, size_t *bytes,
+			 double *oldest);
+
 #endif

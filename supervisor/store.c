@@ -58,6 +58,7 @@ struct batch {
 	struct map *uploads; /* stored name -> struct staged_upload, or (void *)1: gone */
 	double now;
 	int failed;
+	double seconds; /* the transaction took */
 	char error[256];
 };
 
@@ -73,6 +74,7 @@ struct store {
 	struct map *uploads; /* stored name -> struct staged_upload, or GONE */
 	int failing;         /* the last commit failed */
 	uint64_t failures;
+	struct store_stats stats;
 	time_t last_failure_log;
 	/* the writer thread: it alone uses db once started */
 	pthread_t thread;
@@ -635,9 +637,18 @@ static int write_batch(struct store *s, const struct batch *b)
 }
 
 /* One transaction; on failure b->failed and b->error say why. */
+static double monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void commit_batch(struct store *s, struct batch *b)
 {
 	char *msg = NULL;
+	double started = monotonic();
 
 	if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
 	    write_batch(s, b) < 0 ||
@@ -647,6 +658,7 @@ static void commit_batch(struct store *s, struct batch *b)
 		sqlite3_free(msg);
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
+	b->seconds = monotonic() - started;
 }
 
 /* ---- the writer thread ----
@@ -821,11 +833,15 @@ int store_commit_end(struct store *s)
 		staged_clear(s);
 		return -1;
 	}
+	s->stats.last_commit_seconds = b->seconds;
+	s->stats.commit_seconds += b->seconds;
 	if (b->failed) {
+		s->stats.failures++;
 		log_failure(s, b->error);
 		batch_restage(s, b);
 		return -1;
 	}
+	s->stats.commits++;
 	if (s->failing)
 		log_info("state database: writing again after %llu failures",
 			 (unsigned long long)s->failures);
@@ -862,6 +878,8 @@ int store_commit(struct store *s, const struct route *r, double now)
 }
 
 int store_failed(const struct store *s) { return s->gave_up; }
+
+const struct store_stats *store_get_stats(const struct store *s) { return &s->stats; }
 
 /* ---- uploads ---- */
 

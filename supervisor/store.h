@@ -68,6 +68,13 @@ int store_notify_fd(const struct store *s);
 int store_commit_end(struct store *s);
 int store_failed(const struct store *s);
 
+struct store_stats {
+	uint64_t commits, failures;
+	double commit_seconds;      /* all commits, added up */
+	double last_commit_seconds;
+};
+const struct store_stats *store_get_stats(const struct store *s);
+
 /* Both, waiting for the writer: everything staged is written (or failed)
  * when it returns 0 (or -1). */
 int store_commit(struct store *s, const struct route *r, double now);

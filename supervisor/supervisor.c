@@ -16,6 +16,7 @@
 #include "../core/log.h"
 #include "../core/route.h"
 #include "store.h"
+#include "metrics.h"
 #include "uploads.h"
 
 #include <arpa/inet.h>
@@ -60,6 +61,8 @@ struct worker {
 	int crashes; /* consecutive short-lived deaths */
 	double started; /* monotonic seconds */
 	double drained_at; /* monotonic: its IPC output last shrank (or was empty) */
+	struct worker_stats stats; /* its last STATS */
+	int has_stats;
 	struct event *respawn_timer;
 };
 
@@ -69,6 +72,9 @@ struct supervisor {
 	const char *self_exe;
 	struct event_base *base;
 	int listen_fd;
+	int metrics_fd; /* metrics_listen's socket, or -1 */
+	uint64_t restarts_crash, restarts_stalled, restarts_broken_ipc;
+	double started_epoch;
 	struct store *store;
 	struct uploads *uploads; /* what download_file may serve */
 	double uploads_swept;    /* monotonic: upload_retention last applied */
@@ -153,7 +159,7 @@ static void notify_systemd(const char *state)
 
 /* ---- the listening socket ---- */
 
-static int listen_open(const struct config *cfg, char *err, size_t errlen)
+static int listen_socket(const char *address, int port, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss = { 0 };
 	socklen_t sslen;
@@ -161,14 +167,14 @@ static int listen_open(const struct config *cfg, char *err, size_t errlen)
 	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
 	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
 
-	if (inet_pton(AF_INET, cfg->listen_address, &sin->sin_addr) == 1) {
+	if (inet_pton(AF_INET, address, &sin->sin_addr) == 1) {
 		sin->sin_family = AF_INET;
-		sin->sin_port = htons((uint16_t)cfg->port);
+		sin->sin_port = htons((uint16_t)port);
 		sslen = sizeof *sin;
 	} else {
-		inet_pton(AF_INET6, cfg->listen_address, &sin6->sin6_addr);
+		inet_pton(AF_INET6, address, &sin6->sin6_addr);
 		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons((uint16_t)cfg->port);
+		sin6->sin6_port = htons((uint16_t)port);
 		sslen = sizeof *sin6;
 	}
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -182,11 +188,32 @@ static int listen_open(const struct config *cfg, char *err, size_t errlen)
 	return fd;
 fail:
 	snprintf(err, errlen, "cannot listen on %s%s%s:%d: %s",
-		 ss.ss_family == AF_INET6 ? "[" : "", cfg->listen_address,
-		 ss.ss_family == AF_INET6 ? "]" : "", cfg->port, strerror(errno));
+		 ss.ss_family == AF_INET6 ? "[" : "", address,
+		 ss.ss_family == AF_INET6 ? "]" : "", port, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	return -1;
+}
+
+static int listen_open(const struct config *cfg, char *err, size_t errlen)
+{
+	return listen_socket(cfg->listen_address, cfg->port, err, errlen);
+}
+
+/* metrics_listen's socket, or -1 (none, or the address is taken: the
+ * router runs on without /metrics, which two routers on one host would
+ * otherwise fight over). */
+static int metrics_open(const struct config *cfg)
+{
+	char addr[64], err[256];
+	int port, fd;
+
+	if (config_endpoint(cfg->metrics_listen, addr, sizeof addr, &port) < 0 || port == 0)
+		return -1;
+	fd = listen_socket(addr, port, err, sizeof err);
+	if (fd < 0)
+		log_warn("metrics_listen: %s; /metrics is not served", err);
+	return fd;
 }
 
 /* ---- workers ---- */
@@ -300,6 +327,7 @@ static void workers_check_draining(struct supervisor *sup)
 			  w->slot, (int)w->pid, held,
 			  held > bound ? " (over 4 x ipc_buffer_bytes)"
 				       : ", nothing read for ipc_stall_timeout");
+		sup->restarts_stalled++;
 		worker_drop_ipc(w);
 		kill(w->pid, SIGKILL);
 	}
@@ -310,6 +338,7 @@ static void worker_broken(struct worker *w, const char *why)
 {
 	log_error("worker %d (pid %d): broken IPC (%s); restarting it", w->slot,
 		  (int)w->pid, why);
+	w->sup->restarts_broken_ipc++;
 	w->broken = 1;
 	worker_drop_ipc(w);
 	if (w->pid > 0)
@@ -367,6 +396,31 @@ static void dispatch_actions(struct supervisor *sup)
 			ipc_pack_http_answer(&pk, a[i].id, a[i].status, a[i].data, a[i].len);
 	}
 	route_clear_actions(sup->route);
+}
+
+static char *render_metrics(struct supervisor *sup, size_t *len)
+{
+	struct metrics_worker workers[CONFIG_MAX_WORKERS];
+	struct metrics_input in = {
+		.route = sup->route, .store = sup->store, .workers = workers,
+		.restarts_crash = sup->restarts_crash,
+		.restarts_stalled = sup->restarts_stalled,
+		.restarts_broken_ipc = sup->restarts_broken_ipc,
+		.uploads = uploads_count(sup->uploads), .started = sup->started_epoch,
+		.now = now_epoch(),
+	};
+
+	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
+		const struct worker *w = &sup->workers[i];
+
+		if (w->pid == 0 && !w->has_stats)
+			continue;
+		workers[in.nworkers].slot = i;
+		workers[in.nworkers].running = w->pid != 0;
+		workers[in.nworkers].stats = w->has_stats ? &w->stats : NULL;
+		in.nworkers++;
+	}
+	return metrics_render(&in, len);
 }
 
 /* The staged changes go to the writer in this loop turn. */
@@ -447,6 +501,19 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 		/* before the submission that names it: committed with it */
 		uploads_add(sup->uploads, &r);
 		commit_soon(sup);
+		return;
+	}
+	case IPC_STATS:
+		memcpy(&w->stats, m->data, sizeof w->stats);
+		w->has_stats = 1;
+		return;
+	case IPC_METRICS_REQUEST: {
+		msgpack_packer pk = worker_packer(w);
+		size_t len;
+		char *text = render_metrics(sup, &len);
+
+		ipc_pack_metrics(&pk, m->conn, text, len);
+		free(text);
 		return;
 	}
 	case IPC_DOWNLOAD_CHECK: {
@@ -534,7 +601,7 @@ static void child_exec(struct supervisor *sup, int slot, int ipc_fd,
 {
 	char slot_text[16];
 	char *argv[] = { "mephisto-router", "--worker", slot_text, NULL };
-	int listen_copy, ipc_copy;
+	int listen_copy, ipc_copy, metrics_copy;
 	sigset_t none;
 
 	sigemptyset(&none);
@@ -545,10 +612,11 @@ static void child_exec(struct supervisor *sup, int slot, int ipc_fd,
 	 * close-on-exec there); every other descriptor closes on exec. */
 	listen_copy = fcntl(sup->listen_fd, F_DUPFD_CLOEXEC, 10);
 	ipc_copy = fcntl(ipc_fd, F_DUPFD_CLOEXEC, 10);
+	metrics_copy = sup->metrics_fd >= 0 ? fcntl(sup->metrics_fd, F_DUPFD_CLOEXEC, 10) : -1;
 	if (listen_copy < 0 || ipc_copy < 0 || dup2(listen_copy, 3) < 0 ||
-	    dup2(ipc_copy, 4) < 0)
+	    dup2(ipc_copy, 4) < 0 || (metrics_copy >= 0 && dup2(metrics_copy, 5) < 0))
 		_exit(1);
-	close_range(5, ~0U, 0);
+	close_range(metrics_copy >= 0 ? 6 : 5, ~0U, 0);
 	snprintf(slot_text, sizeof slot_text, "%d", slot);
 	execv(sup->self_exe, argv);
 	_exit(127);
@@ -640,6 +708,8 @@ static void worker_exited(struct supervisor *sup, struct worker *w, int status)
 		}
 		return;
 	}
+	sup->restarts_crash++;
+	w->has_stats = 0;
 	if (uptime >= RESPAWN_STABLE_SECONDS)
 		w->crashes = 0;
 	w->crashes++;
@@ -879,15 +949,19 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		fprintf(stderr, "mephisto-router: %s\n", err);
 		return EXIT_CONFIG;
 	}
+	sup.started_epoch = now_epoch();
 	sup.listen_fd = listen_open(cfg, err, sizeof err);
 	if (sup.listen_fd < 0) {
 		fprintf(stderr, "mephisto-router: %s\n", err);
 		return EXIT_CONFIG;
 	}
+	sup.metrics_fd = metrics_open(cfg);
 	sup.store = store_open(cfg->state_path, err, sizeof err);
 	if (sup.store == NULL) {
 		fprintf(stderr, "mephisto-router: %s\n", err);
 		close(sup.listen_fd);
+		if (sup.metrics_fd >= 0)
+			close(sup.metrics_fd);
 		return EXIT_CONFIG;
 	}
 	if (access(cfg->static_dir, R_OK | X_OK) < 0)
@@ -986,6 +1060,8 @@ stop:
 	event_base_free(sup.base);
 	store_close(sup.store);
 	close(sup.listen_fd);
+	if (sup.metrics_fd >= 0)
+		close(sup.metrics_fd);
 	log_info("stopped");
 	return sup.exit_code;
 }

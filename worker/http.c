@@ -93,6 +93,7 @@ struct http_req {
 	size_t memory;    /* its share of body_memory */
 	unsigned char *answer; /* LWS_PRE + headers + body */
 	size_t answer_len;
+	unsigned int status; /* of the answer */
 	int close_after;
 	char download[UPLOAD_NAME_LEN + 1]; /* the stored name asked for */
 	int file_fd;      /* a download being sent after the answer's headers */
@@ -268,6 +269,10 @@ static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 	}
 	r->answer_len = (size_t)(p - start);
 	r->close_after = close_after;
+	r->status = status;
+	worker_stats.http_requests++;
+	if (status >= 400)
+		worker_stats.http_errors++;
 	lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -492,6 +497,19 @@ static int serve_download(struct lws *wsi, struct session *s, const char *name)
 	ipc_pack_download_check(worker_ipc_packer(), r->pending, name);
 	worker_ipc_check();
 	return 0;
+}
+
+void http_metrics_text(uint64_t id, const char *text, size_t len)
+{
+	struct lws *wsi = idtable_del(&pending, id);
+	struct session *s;
+
+	if (wsi == NULL)
+		return;
+	s = lws_wsi_user(wsi);
+	s->req->pending = 0;
+	answer(wsi, s, HTTP_STATUS_OK, "text/plain; version=0.0.4; charset=utf-8", text, len,
+	       0);
 }
 
 void http_download_info(uint64_t id, int found, uint64_t dev, uint64_t ino)
@@ -1177,6 +1195,19 @@ static int on_request(struct lws *wsi, struct session *s)
 	req_free(s);
 	if (method < 0 || uri == NULL)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, "bad request", 1);
+	if (worker_is_metrics_connection(wsi)) {
+		struct http_req *r;
+
+		if ((method != LWSHUMETH_GET && method != LWSHUMETH_HEAD) ||
+		    strcmp(uri, "/metrics") != 0)
+			return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND,
+					    "only /metrics is served here", 0);
+		r = req_get(s);
+		r->pending = idtable_add(&pending, wsi);
+		ipc_pack_metrics_request(worker_ipc_packer(), r->pending);
+		worker_ipc_check();
+		return 0;
+	}
 	log_debug("%s %s", method == LWSHUMETH_POST ? "POST" : "GET", uri);
 	if (method == LWSHUMETH_POST)
 		return post_start(wsi, s, uri);
@@ -1234,6 +1265,7 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return on_writeable(wsi, s);
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+		worker_stats.http_requests++;
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
 		req_free(s);

@@ -36,6 +36,8 @@ static struct event_base *base;
 static struct lws_context *context;
 static struct lws_vhost *vhost;
 static struct event *listener; /* EV_READ on WORKER_LISTEN_FD */
+static struct event *metrics_listener; /* EV_READ on WORKER_METRICS_FD */
+static struct event *stats_tick; /* STATS to the supervisor every second */
 static struct event *accept_retry;
 static struct bufferevent *ipc;
 static struct ipc_reader *reader;
@@ -225,6 +227,9 @@ static void ipc_handle(const struct ipc_msg *m)
 	case IPC_DOWNLOAD_INFO:
 		http_download_info(m->conn, m->code != 0, m->seq, (uint64_t)m->pid);
 		return;
+	case IPC_METRICS:
+		http_metrics_text(m->conn, m->data, m->len);
+		return;
 	default:
 		ipc_broken("message of the wrong direction");
 		return;
@@ -301,7 +306,16 @@ static struct map *address_of;  /* struct lws * -> address key (malloc'ed) */
 struct address_key {
 	unsigned char len;
 	unsigned char bytes[16];
+	unsigned char metrics; /* came in on the metrics socket */
 };
+
+int worker_is_metrics_connection(struct lws *wsi)
+{
+	const struct address_key *k = address_of ? map_get(address_of, &wsi, sizeof wsi)
+						  : NULL;
+
+	return k != NULL && k->metrics;
+}
 
 static void address_key_of(const struct sockaddr_storage *ss, struct address_key *k)
 {
@@ -323,19 +337,21 @@ static void address_key_of(const struct sockaddr_storage *ss, struct address_key
 	}
 }
 
+/* Counted by address only (not by the socket it came in on). */
 static uintptr_t address_count(const struct address_key *k)
 {
-	return (uintptr_t)map_get(per_address, k, sizeof *k);
+	return (uintptr_t)map_get(per_address, k, offsetof(struct address_key, metrics));
 }
 
 static void address_add(const struct address_key *k, intptr_t delta)
 {
 	uintptr_t n = address_count(k) + (uintptr_t)delta;
+	size_t len = offsetof(struct address_key, metrics);
 
 	if (n == 0)
-		map_del(per_address, k, sizeof *k);
+		map_del(per_address, k, len);
 	else
-		map_put(per_address, k, sizeof *k, (void *)n);
+		map_put(per_address, k, len, (void *)n);
 }
 
 /* lws is done with a connection: its address counts one less. */
@@ -360,6 +376,7 @@ static void address_forget(struct lws *wsi)
  * whichever worker is free take the next. */
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
+	int metrics = arg != NULL;
 	static time_t last_warning, last_address_warning;
 	int fd, one = 1, keepidle = 60, keepintvl = 10, keepcnt = 6;
 	struct sockaddr_storage ss;
@@ -368,7 +385,6 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 	struct lws *wsi;
 
 	(void)what;
-	(void)arg;
 	fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0) {
 		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
@@ -389,6 +405,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		return;
 	}
 	address_key_of(&ss, &key);
+	key.metrics = (unsigned char)metrics;
+	worker_stats.accepted++;
 	if (address_count(&key) >= (uintptr_t)worker_cfg.max_connections_per_address) {
 		worker_stats.refused_by_address++;
 		if (time(NULL) - last_address_warning >= 60) {
@@ -541,6 +559,15 @@ static int check_fd_limit(void)
 
 static const lws_retry_bo_t no_validity_checks = { 0 };
 
+static void stats_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	ipc_pack_stats(worker_ipc_packer(), &worker_stats);
+	worker_ipc_check();
+}
+
 static int worker_start(const struct ipc_msg *m)
 {
 	struct lws_context_creation_info info;
@@ -602,6 +629,23 @@ static int worker_start(const struct ipc_msg *m)
 	    event_add(listener, NULL) < 0) {
 		log_error("cannot accept on the inherited socket: %s", strerror(errno));
 		return -1;
+	}
+	/* The metrics socket, when the supervisor passed one: its
+	 * connections are served /metrics only (http.c). */
+	if (fcntl(WORKER_METRICS_FD, F_GETFD) >= 0) {
+		evutil_make_socket_nonblocking(WORKER_METRICS_FD);
+		metrics_listener = event_new(base, WORKER_METRICS_FD, EV_READ | EV_PERSIST,
+					     accept_cb, &metrics_listener);
+		if (metrics_listener == NULL || event_add(metrics_listener, NULL) < 0) {
+			log_error("cannot accept on the metrics socket");
+			return -1;
+		}
+	}
+	{
+		struct timeval second = { 1, 0 };
+
+		stats_tick = event_new(base, -1, EV_PERSIST, stats_tick_cb, NULL);
+		event_add(stats_tick, &second);
 	}
 	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
 	ipc_reader_set_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
@@ -706,6 +750,10 @@ int worker_main(int slot)
 	/* Teardown order matters (LWS-NOTES): lws before the base. */
 	if (listener != NULL)
 		event_free(listener);
+	if (metrics_listener != NULL)
+		event_free(metrics_listener);
+	if (stats_tick != NULL)
+		event_free(stats_tick);
 	listener = NULL; /* lws_context_destroy() below calls update_listener() */
 	if (context != NULL)
 		lws_context_destroy(context);

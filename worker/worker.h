@@ -5,6 +5,7 @@
 #define MR_WORKER_H
 
 #include "../core/config.h"
+#include "../core/ipc.h" /* struct worker_stats */
 
 #include <libwebsockets.h>
 #include <msgpack.h>
@@ -13,6 +14,7 @@
 /* fds the supervisor hands every worker across exec */
 #define WORKER_LISTEN_FD 3
 #define WORKER_IPC_FD 4
+#define WORKER_METRICS_FD 5 /* metrics_listen's socket, when there is one */
 
 /* Entry point of "mephisto-router --worker SLOT". Returns the exit code. */
 int worker_main(int slot);
@@ -29,18 +31,6 @@ struct session {
 	struct http_req *req; /* HTTP: the request being served */
 };
 
-struct worker_stats {
-	uint64_t connections; /* open TCP connections (HTTP or WebSocket) */
-	uint64_t websockets;
-	uint64_t refused_connections; /* over max_connections */
-	uint64_t refused_by_address;  /* over max_connections_per_address */
-	uint64_t backpressure_pauses;
-	uint64_t invalid_packets;
-	uint64_t backend_refused; /* alive as "mephisto" from outside backend_allow */
-	uint64_t bodies_refused;  /* 503: body_memory_bytes */
-	uint64_t agents_refused;  /* max_agents_per_connection */
-	uint64_t body_timeouts;   /* 408: body_timeout, body_min_rate */
-};
 
 extern struct config worker_cfg;
 extern int worker_slot;
@@ -52,6 +42,8 @@ msgpack_packer *worker_ipc_packer(void);
 void worker_ipc_check(void);
 void worker_ipc_flush(void); /* write what is packed now */
 int worker_ipc_paused(void);
+/* 1 when wsi came in on the metrics socket (metrics_listen). */
+int worker_is_metrics_connection(struct lws *wsi);
 
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
@@ -73,5 +65,7 @@ void http_answer_from_supervisor(uint64_t req, unsigned int status,
 void http_free_all(void);
 /* The supervisor's answer to a download's DOWNLOAD_CHECK. */
 void http_download_info(uint64_t req, int found, uint64_t dev, uint64_t ino);
+/* The supervisor's metrics text for a GET /metrics. */
+void http_metrics_text(uint64_t req, const char *text, size_t len);
 
 #endif

@@ -453,6 +453,7 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 		}
 		c->backend = 1;
 	}
+	worker_stats.packets_in++;
 	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
 	worker_ipc_check();
 	wire_packet_free(&p);
@@ -590,6 +591,7 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			framed = m->next;
 			if (m->seq != 0)
 				last_seq = m->seq;
+			worker_stats.packets_out += written;
 			free(m);
 		}
 		if (written && last_seq != 0)

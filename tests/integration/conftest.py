@@ -486,6 +486,8 @@ class Router:
             "state_path": str(self.dir / "state.db"),
             "upload_dir": str(self.dir / "uploads") + "/",
             "shutdown_timeout": 3,
+            # routers of concurrent tests would fight over the default port
+            "metrics_listen": "none",
         }
         if not use_config:
             self.keys = {}

@@ -1,0 +1,183 @@
+#include "metrics.h"
+
+#include "../core/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct out {
+	char *buf;
+	size_t len, cap;
+};
+
+static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			fatal("metrics: bad format");
+		if ((size_t)n < o->cap - o->len) {
+			o->len += (size_t)n;
+			return;
+		}
+		o->cap = o->cap * 2 + (size_t)n;
+		o->buf = realloc(o->buf, o->cap);
+		if (o->buf == NULL)
+			fatal("out of memory");
+	}
+}
+
+static void head(struct out *o, const char *name, const char *type, const char *help)
+{
+	put(o, "# HELP mephisto_router_%s %s\n# TYPE mephisto_router_%s %s\n", name, help,
+	    name, type);
+}
+
+static void one(struct out *o, const char *name, const char *type, const char *help,
+		double value)
+{
+	head(o, name, type, help);
+	put(o, "mephisto_router_%s %.17g\n", name, value);
+}
+
+/* A status is a label value: only the characters a status may hold. */
+static void status_cb(void *arg, const char *status, size_t n)
+{
+	struct out *o = arg;
+	char clean[PACKET_MAX_STATUS_BYTES + 1];
+	size_t i;
+
+	for (i = 0; status[i] && i < sizeof clean - 1; i++)
+		clean[i] = (status[i] == '"' || status[i] == '\\' || status[i] < 0x20)
+				   ? '_' : status[i];
+	clean[i] = '\0';
+	put(o, "mephisto_router_agents{status=\"%s\"} %zu\n", clean, n);
+}
+
+/* One line per worker of a worker_stats field. */
+#define PER_WORKER(o, in, name, type, help, field)                              \
+	do {                                                                    \
+		head(o, name, type, help);                                      \
+		for (size_t i_ = 0; i_ < (in)->nworkers; i_++)                  \
+			if ((in)->workers[i_].stats != NULL)                    \
+				put(o, "mephisto_router_" name "{worker=\"%d\"} %llu\n", \
+				    (in)->workers[i_].slot,                     \
+				    (unsigned long long)(in)->workers[i_].stats->field); \
+	} while (0)
+
+char *metrics_render(const struct metrics_input *in, size_t *len)
+{
+	struct out o = { NULL, 0, 0 };
+	const struct route_stats *rs = route_get_stats(in->route);
+	const struct store_stats *ss = store_get_stats(in->store);
+	size_t packets, bytes, running = 0;
+	double oldest;
+
+	o.cap = 8192;
+	o.buf = malloc(o.cap);
+	if (o.buf == NULL)
+		fatal("out of memory");
+	one(&o, "start_time_seconds", "gauge", "When the router started (Unix seconds).",
+	    in->started);
+	for (size_t i = 0; i < in->nworkers; i++)
+		running += in->workers[i].running;
+	one(&o, "workers", "gauge", "Worker processes running.", (double)running);
+	head(&o, "worker_restarts_total", "counter", "Workers restarted, by cause.");
+	put(&o, "mephisto_router_worker_restarts_total{cause=\"crash\"} %llu\n",
+	    (unsigned long long)in->restarts_crash);
+	put(&o, "mephisto_router_worker_restarts_total{cause=\"stalled\"} %llu\n",
+	    (unsigned long long)in->restarts_stalled);
+	put(&o, "mephisto_router_worker_restarts_total{cause=\"broken_ipc\"} %llu\n",
+	    (unsigned long long)in->restarts_broken_ipc);
+	one(&o, "backend_attached", "gauge", "1 when the Mephisto backend's channel is attached.",
+	    route_backend_attached(in->route));
+	head(&o, "agents", "gauge", "Agents the router knows, by status.");
+	route_count_statuses(in->route, status_cb, &o);
+	one(&o, "agents_attached", "gauge", "Agents with a WebSocket.",
+	    (double)route_attached_agents(in->route));
+	route_backend_queue(in->route, &packets, &bytes, &oldest);
+	one(&o, "backend_queue_packets", "gauge",
+	    "Packets for the backend not yet written to it.", (double)packets);
+	one(&o, "backend_queue_bytes", "gauge", "Their bytes.", (double)bytes);
+	one(&o, "backend_queue_oldest_age_seconds", "gauge",
+	    "Age of the oldest packet for the backend (0: none).",
+	    oldest > 0 ? in->now - oldest : 0);
+	one(&o, "agent_queue_packets", "gauge",
+	    "Packets for agents not yet written to them.",
+	    (double)route_agent_queued(in->route));
+	one(&o, "waiting_requests", "gauge",
+	    "HTTP requests waiting for the backend's agent_details.",
+	    (double)route_waiting_requests(in->route));
+	one(&o, "packets_routed_total", "counter", "Packets sent towards a connection.",
+	    (double)rs->packets_routed);
+	one(&o, "packets_queued_total", "counter",
+	    "Packets that had to wait for their destination.", (double)rs->packets_queued);
+	one(&o, "packets_dropped_total", "counter",
+	    "Packets dropped: queue bounds, unknown destinations.", (double)rs->packets_dropped);
+	one(&o, "packets_refused_total", "counter",
+	    "Packets refused: wrong sender, unknown type, no subject.", (double)rs->packets_refused);
+	one(&o, "requests_timed_out_total", "counter",
+	    "HTTP requests answered 408: no agent_details in time.",
+	    (double)rs->requests_timed_out);
+	one(&o, "agents_pruned_total", "counter", "Agents forgotten after agent_retention.",
+	    (double)rs->agents_pruned);
+	one(&o, "uploads", "gauge", "Uploads recorded (download_file serves these).",
+	    (double)in->uploads);
+	one(&o, "db_commits_total", "counter", "State database transactions committed.",
+	    (double)ss->commits);
+	one(&o, "db_commit_failures_total", "counter",
+	    "State database transactions that failed (retried).", (double)ss->failures);
+	one(&o, "db_commit_seconds_total", "counter", "Time spent in transactions.",
+	    ss->commit_seconds);
+	one(&o, "db_last_commit_seconds", "gauge", "The last transaction's time.",
+	    ss->last_commit_seconds);
+	one(&o, "db_given_up", "gauge",
+	    "1 when the state database was given up (SIGBUS); restart to use it again.",
+	    store_failed(in->store));
+	PER_WORKER(&o, in, "connections", "gauge", "Open TCP connections, per worker.",
+		   connections);
+	PER_WORKER(&o, in, "websockets", "gauge", "Open WebSockets, per worker.", websockets);
+	PER_WORKER(&o, in, "connections_accepted_total", "counter",
+		   "Connections accepted, per worker.", accepted);
+	PER_WORKER(&o, in, "packets_in_total", "counter",
+		   "Valid packets received on WebSockets, per worker.", packets_in);
+	PER_WORKER(&o, in, "packets_out_total", "counter",
+		   "Packets written on WebSockets, per worker.", packets_out);
+	PER_WORKER(&o, in, "http_requests_total", "counter",
+		   "HTTP requests answered, per worker.", http_requests);
+	PER_WORKER(&o, in, "http_errors_total", "counter",
+		   "HTTP requests answered 4xx or 5xx, per worker.", http_errors);
+	PER_WORKER(&o, in, "invalid_packets_total", "counter",
+		   "WebSocket messages dropped as invalid, per worker.", invalid_packets);
+	PER_WORKER(&o, in, "backpressure_pauses_total", "counter",
+		   "Times a worker stopped reading its clients (IPC backlog).",
+		   backpressure_pauses);
+	head(&o, "refused_total", "counter", "Refusals and drops by fair limit, per worker.");
+	for (size_t i = 0; i < in->nworkers; i++) {
+		const struct worker_stats *w = in->workers[i].stats;
+		static const char *const reasons[] = {
+			"max_connections", "max_connections_per_address", "backend_allow",
+			"body_memory_bytes", "max_agents", "body_timeout",
+		};
+
+		if (w == NULL)
+			continue;
+		const uint64_t values[] = {
+			w->refused_connections, w->refused_by_address, w->backend_refused,
+			w->bodies_refused, w->agents_refused, w->body_timeouts,
+		};
+		for (size_t k = 0; k < sizeof values / sizeof values[0]; k++)
+			put(&o, "mephisto_router_refused_total{worker=\"%d\",reason=\"%s\"} %llu\n",
+			    in->workers[i].slot, reasons[k], (unsigned long long)values[k]);
+	}
+	*len = o.len;
+	return o.buf;
+}

@@ -1,0 +1,101 @@
+"""/metrics (issue 13): the supervisor's and the workers' figures in the
+Prometheus text format, served on metrics_listen only."""
+
+import json
+import re
+
+import requests
+
+from conftest import WSClient, free_port, wait_until
+from mephisto_fakes import FakeBackend, browser_packet
+
+
+def scrape(port):
+    with requests.Session() as s:
+        s.trust_env = False
+        return s.get("http://127.0.0.1:%d/metrics" % port, timeout=5)
+
+
+def values(text):
+    """{'name{labels}': float} of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def test_metrics_during_traffic(router_factory):
+    mport = free_port()
+    r = router_factory(metrics_listen="127.0.0.1:%d" % mport, workers=2)
+    backend = FakeBackend(r.ws_url, poll_interval=None).connect()
+    agents = []
+    try:
+        for i in range(4):
+            a = WSClient(r.ws_url)
+            agents.append(a)
+            a.send(json.dumps(browser_packet("alive", "m%d" % i)))
+            a.recv()
+            for n in range(5):
+                a.send(json.dumps(browser_packet("mephisto_bound_live_update", "m%d" % i,
+                                                 {"n": n})))
+        backend.wait_n(lambda p: p.get("packet_type") == "mephisto_bound_live_update", 20)
+        assert r.get("/no-such-file").status_code == 404
+
+        def ready():
+            m = values(scrape(mport).text)
+            return m if sum(v for k, v in m.items()
+                            if k.startswith("mephisto_router_packets_in_total")) >= 24 else None
+        m = wait_until(ready, 5)
+        assert m, scrape(mport).text
+        resp = scrape(mport)
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "# TYPE mephisto_router_packets_routed_total counter" in resp.text
+        assert m["mephisto_router_backend_attached"] == 1
+        assert m['mephisto_router_agents{status="none"}'] == 4
+        assert m["mephisto_router_agents_attached"] == 4
+        assert m["mephisto_router_workers"] == 2
+        assert m["mephisto_router_packets_routed_total"] >= 20
+        assert sum(v for k, v in m.items()
+                   if k.startswith("mephisto_router_websockets{")) == 5
+        assert sum(v for k, v in m.items()
+                   if k.startswith("mephisto_router_http_errors_total{")) >= 1
+        assert m['mephisto_router_worker_restarts_total{cause="crash"}'] == 0
+        assert m["mephisto_router_db_commits_total"] >= 1
+        # every sample line is name{labels} value
+        for line in resp.text.splitlines():
+            assert line.startswith("#") or re.match(
+                r'^mephisto_router_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+$',
+                line), line
+    finally:
+        for a in agents:
+            a.close()
+        backend.stop()
+
+
+def test_metrics_only_on_their_address(router_factory):
+    mport = free_port()
+    r = router_factory(metrics_listen="127.0.0.1:%d" % mport)
+    assert r.get("/metrics").status_code == 404  # not on the public port
+    with requests.Session() as s:
+        s.trust_env = False
+        assert s.get("http://127.0.0.1:%d/" % mport, timeout=5).status_code == 404
+        assert s.get("http://127.0.0.1:%d/is_alive" % mport, timeout=5).status_code == 404
+    assert scrape(mport).status_code == 200
+
+
+def test_metrics_address_taken_is_not_fatal(router_factory):
+    import socket
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        port = holder.getsockname()[1]
+        r = router_factory(metrics_listen="127.0.0.1:%d" % port)
+        assert r.get("/is_alive").status_code == 200
+        assert wait_until(lambda: "/metrics is not served" in r.log(), 3)
+    finally:
+        holder.close()
