@@ -93,6 +93,7 @@ struct route {
 	struct map *durable;  /* packet seq -> struct durable_answer */
 	struct map *shares;   /* subject -> size_t bytes of its droppable packets
 			       * in the backend's queue */
+	size_t droppable_bytes; /* all of them */
 	uint64_t change_epoch; /* route_clear_changes() calls so far */
 	int has_channel;
 	struct endpoint channel;
@@ -360,7 +361,12 @@ static void share_add(struct route *r, struct queue *q, const struct qitem *item
 		return;
 	if (sign > 0) {
 		*bytes += item->len;
-	} else if ((*bytes -= item->len) == 0) {
+		r->droppable_bytes += item->len;
+		return;
+	}
+	r->droppable_bytes -= item->len;
+	*bytes -= item->len;
+	if (*bytes == 0) {
 		map_del(r->shares, item->subject, strlen(item->subject));
 		free(bytes);
 	}
@@ -483,14 +489,21 @@ static int backend_full(const struct route *r, size_t adding, size_t adding_byte
 		r->backend.bytes + adding_bytes > r->cfg.max_backend_queue_bytes);
 }
 
+/* How far a search for a packet to drop goes: a full queue costs each new
+ * packet at most this many steps (a queue of 100,000 walked whole for
+ * every packet would stall the supervisor); past it, no room. */
+#define DROP_SEARCH 4096
+
 /* The oldest waiting packet that may be dropped (of subject, unless NULL),
- * and its predecessor. */
+ * and its predecessor, among the first DROP_SEARCH waiting. */
 static struct qitem *oldest_droppable(struct queue *q, const char *subject,
 				      struct qitem **prev)
 {
 	struct qitem *p = q->last_sent;
+	size_t steps = 0;
 
-	for (struct qitem *it = first_waiting(q); it != NULL; p = it, it = it->next)
+	for (struct qitem *it = first_waiting(q); it != NULL && steps++ < DROP_SEARCH;
+	     p = it, it = it->next)
 		if (!it->precious &&
 		    (subject == NULL || (it->subject && strcmp(it->subject, subject) == 0))) {
 			*prev = p;
@@ -502,14 +515,8 @@ static struct qitem *oldest_droppable(struct queue *q, const char *subject,
 static int over_share(struct route *r, const char *subject)
 {
 	size_t *mine = subject ? share_of(r, subject, 0) : NULL;
-	size_t total = 0, pos = 0;
-	void *value;
 
-	if (mine == NULL)
-		return 0;
-	while (map_next(r->shares, &pos, NULL, NULL, &value))
-		total += *(size_t *)value;
-	return *mine * map_count(r->shares) > total;
+	return mine != NULL && *mine * map_count(r->shares) > r->droppable_bytes;
 }
 
 static void backend_drop(struct route *r, struct qitem *prev, struct qitem *item)
@@ -637,7 +644,8 @@ static void agent_detach(struct route *r, struct agent *a, double now)
 static void agent_free(struct route *r, struct agent *a)
 {
 	queue_clear(r, &a->queue);
-	free(a->id);
+	/* Actions of this turn may name it (their dest): freed with them. */
+	own(r, a->id);
 	free(a->status);
 	free(a->statuses_member);
 	free(a);
@@ -695,7 +703,7 @@ static struct qitem *to_backend(struct route *r, const char *data, size_t len,
 				const char *subject, int precious, double now)
 {
 	if (backend_make_room(r, subject, precious, len, now) < 0) {
-		log_drops(r, 1, "the backend (full of submissions)",
+		log_drops(r, 1, "the backend (no room: submissions fill it)",
 			  r->cfg.max_backend_queue, 0, now);
 		return NULL;
 	}
@@ -1028,17 +1036,34 @@ static int expired_by(const struct durable_answer *d, const void *now)
 	return *(const double *)now >= d->deadline;
 }
 
-/* The worker wrote every packet of q up to seq: they leave the queue. */
+/* The worker wrote the packets sent on the connection up to (in the order
+ * they were sent) the one numbered seq: they leave the queue. Only when
+ * seq is in flight to this destination: a late report for packets that
+ * went out on this connection for someone else (one socket may speak for
+ * another agent now), or that were sent again since, is not about these
+ * (seqs are the router's, not the connection's, so "up to" is by
+ * position, never by number). */
 static void queue_written(struct route *r, struct queue *q, uint64_t seq)
 {
-	while (q->last_sent != NULL && q->head->seq <= seq) {
+	struct qitem *it = q->head;
+
+	if (q->last_sent == NULL)
+		return;
+	for (; it != NULL && it->seq != seq; it = it == q->last_sent ? NULL : it->next)
+		;
+	if (it == NULL)
+		return;
+	for (;;) {
 		struct qitem *item = q->head;
+		int last = item == it;
 
 		q->inflight_count--;
 		q->inflight_bytes -= item->len;
 		queue_unlink(r, q, NULL, item);
 		answer_durable(r, item->seq);
 		retire(r, item);
+		if (last)
+			break;
 	}
 }
 

@@ -691,11 +691,14 @@ static void *writer_main(void *arg)
 {
 	struct store *s = arg;
 	sigjmp_buf jump;
-	sigset_t bus;
+	sigset_t all;
 
-	sigemptyset(&bus);
-	sigaddset(&bus, SIGBUS);
-	pthread_sigmask(SIG_UNBLOCK, &bus, NULL);
+	/* Signals are the loop's (SIGTERM, SIGCHLD, ...): a process signal
+	 * delivered to this thread would take its default action once the
+	 * loop has stopped handling it (a second SIGTERM while stopping). */
+	sigfillset(&all);
+	sigdelset(&all, SIGBUS);
+	pthread_sigmask(SIG_SETMASK, &all, NULL);
 	if (sigsetjmp(jump, 1) != 0) {
 		writer_jump = NULL;
 		pthread_mutex_lock(&s->lock);

@@ -264,7 +264,9 @@ static void dispatch_actions(struct supervisor *sup);
 
 static void worker_drop_ipc(struct worker *w)
 {
-	if (w->bev != NULL && !w->dropping) {
+	if (w->dropping)
+		return; /* called again from its last words: the outer call ends it */
+	if (w->bev != NULL) {
 		w->dropping = 1;
 		if (!w->broken) {
 			/* What the worker wrote before it went (packets, closes,
@@ -551,7 +553,7 @@ static void worker_read_cb(struct bufferevent *bev, void *arg)
 				return;
 			}
 			worker_handle(w, &m);
-			if (w->bev == NULL)
+			if (w->bev == NULL || w->broken)
 				return;
 		}
 		if (rc < 0) {

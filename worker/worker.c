@@ -407,7 +407,9 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 	address_key_of(&ss, &key);
 	key.metrics = (unsigned char)metrics;
 	worker_stats.accepted++;
-	if (address_count(&key) >= (uintptr_t)worker_cfg.max_connections_per_address) {
+	/* A trusted proxy carries everyone's connections: not its limit. */
+	if (address_count(&key) >= (uintptr_t)worker_cfg.max_connections_per_address &&
+	    !ws_is_trusted_proxy((const struct sockaddr *)&ss)) {
 		worker_stats.refused_by_address++;
 		if (time(NULL) - last_address_warning >= 60) {
 			char text[64] = "?";
@@ -559,6 +561,14 @@ static int check_fd_limit(void)
 
 static const lws_retry_bo_t no_validity_checks = { 0 };
 
+static int is_listening_socket(int fd)
+{
+	int on = 0;
+	socklen_t len = sizeof on;
+
+	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
+}
+
 static void stats_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -630,9 +640,11 @@ static int worker_start(const struct ipc_msg *m)
 		log_error("cannot accept on the inherited socket: %s", strerror(errno));
 		return -1;
 	}
-	/* The metrics socket, when the supervisor passed one: its
-	 * connections are served /metrics only (http.c). */
-	if (fcntl(WORKER_METRICS_FD, F_GETFD) >= 0) {
+	/* The metrics socket, when the supervisor passed one (a listening
+	 * socket on fd 5; otherwise fd 5 may be anything of this process's
+	 * own, the event loop's epoll among them): its connections are
+	 * served /metrics only (http.c). */
+	if (is_listening_socket(WORKER_METRICS_FD)) {
 		evutil_make_socket_nonblocking(WORKER_METRICS_FD);
 		metrics_listener = event_new(base, WORKER_METRICS_FD, EV_READ | EV_PERSIST,
 					     accept_cb, &metrics_listener);

@@ -55,6 +55,9 @@ void ws_pause_all(int paused);
 size_t ws_count(void);
 void ws_free_all(void);
 void ws_buckets_free(void);
+/* 1 when the address is in trusted_proxies. */
+struct sockaddr;
+int ws_is_trusted_proxy(const struct sockaddr *sa);
 
 /* http.c: HTTP requests */
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,

@@ -55,6 +55,7 @@ struct conn {
 	int paused;
 	int backend; /* carried the backend's alive: writes reported at once */
 	int may_be_backend; /* its client's address is in backend_allow */
+	uint64_t unreported; /* written, maybe partly held by lws: not reported yet */
 	uint32_t agents[8]; /* hashes of the agent ids it said alive for */
 	unsigned nagents;
 	int agents_warned;
@@ -65,6 +66,9 @@ struct conn {
 
 _Static_assert(WIRE_OUTGOING_STAMP_BYTES <= IPC_STAMP_BYTES,
 	       "the supervisor leaves IPC_STAMP_BYTES for the stamp");
+
+/* dist/lws-patches/0003: lws still holds the rest of a short send. */
+int lws_mr_has_buffered_out(struct lws *wsi);
 
 static struct idtable conns;
 
@@ -140,7 +144,10 @@ void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
 	struct conn *c = conn_find(id);
 	struct out_msg *m;
 
-	if (c == NULL || c->close_code != 0) {
+	/* A connection draining (1001) still writes its queue before it
+	 * closes: a send joins it, written or not as the queue is (refused,
+	 * the supervisor would send again what this queue still writes). */
+	if (c == NULL || (c->close_code != 0 && c->close_code != LWS_CLOSE_STATUS_GOINGAWAY)) {
 		log_debug("send to conn %llu: closed, refused", (unsigned long long)id);
 		refuse_send(id, seq);
 		return;
@@ -254,6 +261,12 @@ static void access_lists_update(void)
 	}
 }
 
+int ws_is_trusted_proxy(const struct sockaddr *sa)
+{
+	access_lists_update();
+	return cidr_list_match_sockaddr(&trusted_proxies, sa);
+}
+
 /* The client's address: the peer's, or, when the peer is a trusted proxy,
  * the last address of X-Forwarded-For that is not one (each proxy appends
  * the address it got the request from, so only the right end is known to
@@ -262,7 +275,7 @@ static void conn_identify(struct lws *wsi, struct conn *c)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof ss;
-	char xff[1024];
+	char xff[8192];
 	const void *addr;
 
 	access_lists_update();
@@ -278,9 +291,12 @@ static void conn_identify(struct lws *wsi, struct conn *c)
 		c->may_be_backend = cidr_list_match_sockaddr(&backend_allow, (struct sockaddr *)&ss);
 		return;
 	}
+	/* From a trusted proxy, only its header says who the client is: none,
+	 * or one too long to read, and the client may not be the backend (the
+	 * proxy's own address would let anyone in). */
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR) <= 0 ||
 	    lws_hdr_copy(wsi, xff, sizeof xff, WSI_TOKEN_X_FORWARDED_FOR) <= 0) {
-		c->may_be_backend = cidr_list_match_sockaddr(&backend_allow, (struct sockaddr *)&ss);
+		c->may_be_backend = 0;
 		return;
 	}
 	for (;;) {
@@ -554,9 +570,14 @@ static void report_written(struct conn *c, uint64_t seq)
 
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
-	int budget = 64, written;
+	int budget = 64, written, choked;
 	uint64_t last_seq;
 
+	/* lws calls back once what it kept of a short send is the kernel's */
+	if (c->unreported != 0 && !lws_mr_has_buffered_out(wsi)) {
+		report_written(c, c->unreported);
+		c->unreported = 0;
+	}
 	while (c->head != NULL && budget > 0) {
 		struct out_msg *framed = NULL, **framed_tail = &framed;
 		size_t used = LWS_PRE;
@@ -594,8 +615,17 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			worker_stats.packets_out += written;
 			free(m);
 		}
-		if (written && last_seq != 0)
-			report_written(c, last_seq);
+		/* Reported once the kernel has all of it: after a short send,
+		 * lws keeps the rest, and a worker killed now would lose it. */
+		choked = lws_send_pipe_choked(wsi);
+		if (written && last_seq != 0) {
+			if (lws_mr_has_buffered_out(wsi)) {
+				c->unreported = last_seq;
+			} else {
+				report_written(c, last_seq);
+				c->unreported = 0;
+			}
+		}
 		if (batch_cap > BATCH_KEEP) { /* after a huge message: give it back */
 			free(batch);
 			batch = NULL;
@@ -606,14 +636,14 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			return -1;
 		}
 		/* Stop at a short send: lws drains what it kept first. */
-		if (lws_send_pipe_choked(wsi))
+		if (choked)
 			break;
 	}
 	if (c->head == NULL && c->close_code != 0 && !lws_send_pipe_choked(wsi))
 		return close_with(wsi, c->close_code,
 				  c->close_code == LWS_CLOSE_STATUS_GOINGAWAY
 					  ? "router shutting down" : "closed by the router");
-	if (c->head != NULL || c->close_code != 0)
+	if (c->head != NULL || c->close_code != 0 || c->unreported != 0)
 		lws_callback_on_writable(wsi);
 	return 0;
 }

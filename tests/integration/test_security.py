@@ -467,3 +467,31 @@ def test_missing_upload_dir_is_made_owner_only(router_factory, tmp_path):
     assert stat.S_IMODE(updir.stat().st_mode) == 0o700
     _upload(r, b"lands here")
     assert len(list(updir.glob("mr-*"))) == 1
+
+
+def test_trusted_proxy_without_a_readable_header_is_not_the_backend(router_factory):
+    # the shipped proxy setup keeps loopback in backend_allow
+    r = router_factory(trusted_proxies="127.0.0.1", max_header_bytes="16K")
+    for headers in ({}, {"X-Forwarded-For": "a" * 9000 + ", 203.0.113.9"},
+                    {"X-Forwarded-For": "b" * 3000 + ", 203.0.113.9"}):
+        c = WSClient(r.ws_url, extra_headers=headers)
+        c.send(ALIVE_BACKEND)
+        assert closed_code(c) == 1008, headers.keys()
+    assert "Mephisto channel" not in r.log()
+
+
+def test_connections_per_address_spares_trusted_proxies(router_factory):
+    r = router_factory(workers=1, max_connections_per_address=2,
+                       trusted_proxies="127.0.0.2")
+    held = []
+    try:
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=5,
+                                         source_address=("127.0.0.2", 0))
+            held.append(s)
+            s.sendall(b"GET /is_alive HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(3)
+            assert b"200" in s.recv(4096)
+    finally:
+        for s in held:
+            s.close()

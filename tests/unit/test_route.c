@@ -2135,6 +2135,55 @@ static void test_stale_agents_pruned(void **state)
 	assert_int_equal(stats().agents_pruned, 1);
 }
 
+/* An action's dest stays valid until the actions are cleared, also when
+ * its agent is forgotten in the same batch (the supervisor defers the
+ * dispatch of a dying worker's last messages). Under ASan: no
+ * use-after-free. */
+static void test_action_dest_outlives_a_forgotten_agent(void **state)
+{
+	const struct route_action *a;
+	size_t n;
+
+	(void)state;
+	attach_backend(T0);
+	agent_with_status(1, 1, "gone-soon", "in task", T0);
+	cblu("gone-soon", "last words", T0 + 1);
+	http(2, 5, ROUTE_HTTP_FORGET_AGENT | ROUTE_HTTP_PRECIOUS, "gone-soon", NULL,
+	     packet_json(PKT_SUBMIT_UNIT, "gone-soon", "{}", T0 + 1), T0 + 1);
+	assert_null(route_agent_status(F.r, "gone-soon"));
+	n = route_actions(F.r, &a);
+	assert_true(n >= 2);
+	assert_string_equal(a[0].dest, "gone-soon");
+}
+
+/* A late write report for what one socket carried for agent X does not
+ * take packets of agent Y, whom the same socket speaks for now. */
+static void test_write_report_for_another_agent_ignored(void **state)
+{
+	const struct route_action *a;
+	uint64_t x_seq;
+	const char *py;
+
+	(void)state;
+	attach_backend(T0);
+	py = cblu("Y", "for y", T0); /* Y has no socket: queued */
+	clear();
+	agent_with_status(1, 1, "X", "in task", T0);
+	cblu("X", "for x", T0 + 1);
+	a = actions(1);
+	x_seq = a[0].seq;
+	clear_unwritten();
+	alive(1, 1, "Y", T0 + 3); /* the same socket speaks for Y now */
+	a = actions(2);
+	assert_send(&a[1], 1, 1, "Y", py);
+	assert_true(a[1].seq < x_seq); /* Y's packet is older than X's */
+	clear_unwritten();
+	route_ws_sent(F.r, 1, 1, x_seq); /* the late report of X's packet */
+	route_ws_closed(F.r, 1, 1, T0 + 4);
+	assert_int_equal(route_queue_length(F.r, "Y"), 1); /* not lost */
+	assert_int_equal(route_queue_length(F.r, "X"), 1); /* goes again */
+}
+
 static void test_seq_increases(void **state)
 {
 	const struct route_action *a;
@@ -2691,6 +2740,8 @@ int main(void)
 		T(test_backend_queue_share),
 		T(test_backend_queue_bytes_bound),
 		T(test_stale_agents_pruned),
+		T(test_action_dest_outlives_a_forgotten_agent),
+		T(test_write_report_for_another_agent_ignored),
 		T(test_seq_increases),
 		T(test_agent_queue_bound_drops_oldest),
 		T(test_backend_queue_bound_drops_oldest),
