@@ -638,6 +638,12 @@ void ipc_reader_free(struct ipc_reader *r)
 	free(r);
 }
 
+void ipc_reader_raise_max(struct ipc_reader *r, size_t max_message)
+{
+	if (max_message > r->max_message)
+		ipc_reader_set_max(r, max_message);
+}
+
 void ipc_reader_set_max(struct ipc_reader *r, size_t max_message)
 {
 	r->max_message = max_message;

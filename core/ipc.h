@@ -188,6 +188,9 @@ struct ipc_reader;
 struct ipc_reader *ipc_reader_new(size_t max_message);
 void ipc_reader_free(struct ipc_reader *r);
 void ipc_reader_set_max(struct ipc_reader *r, size_t max_message);
+/* Raise the bound to at least max_message, never lower it: a reload that
+ * lowers the limits must not refuse messages made under the old ones. */
+void ipc_reader_raise_max(struct ipc_reader *r, size_t max_message);
 char *ipc_reader_buffer(struct ipc_reader *r, size_t want);
 void ipc_reader_consumed(struct ipc_reader *r, size_t n);
 int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,

@@ -1410,8 +1410,6 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 	struct durable_answer *d;
 	struct qitem *item;
 
-	if ((flags & ROUTE_HTTP_FORGET_AGENT) && agent_id != NULL)
-		agent_forget(r, agent_id);
 	if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL) {
 		struct waiting *w = calloc(1, sizeof *w);
 		if (w == NULL)
@@ -1435,6 +1433,9 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 				  "the backend's queue is full; try again");
 		return;
 	}
+	/* Accepted: only now is the agent's local state dropped. */
+	if ((flags & ROUTE_HTTP_FORGET_AGENT) && agent_id != NULL)
+		agent_forget(r, agent_id);
 	if (flags & ROUTE_HTTP_WAIT_DETAILS)
 		return; /* answered by the backend's agent_details */
 	/* "200" is a promise: given once the packet is written to the

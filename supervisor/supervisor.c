@@ -791,7 +791,8 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 	}
 	config_defaults(&loaded);
 	if (config_load_file(&loaded, sup->config_path, err, sizeof err) < 0 ||
-	    config_apply_env(&loaded, err, sizeof err) < 0) {
+	    config_apply_env(&loaded, err, sizeof err) < 0 ||
+	    supervisor_check(&loaded, 1, err, sizeof err) < 0) {
 		log_error("SIGHUP: %s; keeping the running configuration", err);
 		return;
 	}
@@ -810,7 +811,7 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
 		struct worker *w = &sup->workers[i];
 		if (w->reader != NULL) /* backend_max_frame_bytes may have grown */
-			ipc_reader_set_max(w->reader,
+			ipc_reader_raise_max(w->reader,
 					   ipc_max_message(sup->cfg.max_message_bytes,
 							   sup->cfg.backend_max_frame_bytes));
 		if (w->bev != NULL && !w->retiring) {

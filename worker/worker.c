@@ -189,8 +189,8 @@ static void apply_config(const char *text, size_t len)
 	else
 		config_reload(&worker_cfg, &loaded, restart, sizeof restart);
 	log_set_level((enum log_level)worker_cfg.log_level);
-	ipc_reader_set_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
-						   worker_cfg.backend_max_frame_bytes));
+	ipc_reader_raise_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
+						     worker_cfg.backend_max_frame_bytes));
 	free(copy);
 }
 
