@@ -1071,6 +1071,12 @@ static int post_start(struct lws *wsi, struct session *s, const char *uri)
 		return answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 1);
 	r = req_get(s);
 	r->post = (int)i + 1;
+	/* lws reads the raw value itself (into 32 bytes): one it cannot read
+	 * it takes for a 100 MB body, while lws_hdr_copy() below gives the
+	 * digits. So the raw value too must be digits only, and short. */
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 18)
+		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
+				    "bad Content-Length", 1);
 	if (header_value(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value) < 0)
 		/* lws cannot read chunked bodies (LWS-NOTES trap 5) */
 		return answer_error(wsi, s, HTTP_STATUS_LENGTH_REQUIRED,
@@ -1168,8 +1174,10 @@ static int post_body(struct lws *wsi, struct session *s, const char *in, size_t 
 	struct http_req *r = s->req;
 
 	(void)wsi;
-	if (r == NULL || r->answer != NULL)
-		return 0; /* already answered (an error); drop the rest */
+	/* already answered (an error), or not a POST (a GET with a body): the
+	 * rest is dropped */
+	if (r == NULL || r->answer != NULL || r->post == 0)
+		return 0;
 	if (r->spa != NULL) {
 		remember_tail(r, in, len);
 		if (!r->spa_failed && lws_spa_process(r->spa, in, (int)len) < 0)

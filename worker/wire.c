@@ -80,9 +80,18 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 {
 	json_error_t error;
 	json_t *root, *type, *subject, *data;
+	const char *nul;
 	int data_missing, data_null;
 
 	memset(out, 0, sizeof *out);
+	/* No JSON text holds a raw NUL byte, but jansson skips one that
+	 * follows a token it read a character past (a number, true, false,
+	 * null): such a text was accepted and its NUL forwarded as it came. */
+	nul = memchr(text, '\0', len);
+	if (nul != NULL) {
+		snprintf(why, whylen, "not JSON: NUL byte at offset %zu", (size_t)(nul - text));
+		return -1;
+	}
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &error);
 	if (root == NULL) {
 		snprintf(why, whylen, "not JSON: %s at line %d column %d", error.text,
@@ -519,7 +528,8 @@ static int jansson_only(const char *text, size_t len)
 	/* yajl also takes \v and \f for whitespace between tokens; JSON (and
 	 * jansson) does not, and inside strings raw control bytes are refused
 	 * by both, so either anywhere means jansson's answer. */
-	if (memchr(text, '\v', len) != NULL || memchr(text, '\f', len) != NULL)
+	if (memchr(text, '\v', len) != NULL || memchr(text, '\f', len) != NULL ||
+	    memchr(text, '\0', len) != NULL) /* and a NUL byte: an error there */
 		return 1;
 	for (size_t i = 0; i < len; i++) {
 		unsigned c = u[i], d;

@@ -484,6 +484,23 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return reason == LWS_CALLBACK_CLOSED || reason == LWS_CALLBACK_CLOSED_HTTP ||
 				       reason == LWS_CALLBACK_HTTP_FILE_COMPLETION
 			       ? 0 : -1;
+	/* Two bugs of lws 4.1.6 that a client can set off (found by
+	 * tests/fuzz/fuzz_http_head):
+	 * - an unknown Upgrade value on a keep-alive connection: lws answers
+	 *   403, frees the header table and goes on with the value it pointed
+	 *   into (use after free); hanging up once the table is gone stops it;
+	 * - a request with a body pipelined behind another: lws_http_action()
+	 *   reads its buffer again and again, completing the body each time
+	 *   (the worker spins at 100%); a second completion of one request is
+	 *   that loop, and hanging up ends it. */
+	if (reason == LWS_CALLBACK_HTTP_CONFIRM_UPGRADE &&
+	    lws_hdr_total_length(wsi, WSI_TOKEN_UPGRADE) <= 0)
+		return -1;
+	if (reason == LWS_CALLBACK_HTTP && s != NULL)
+		s->body_completions = 0;
+	if (reason == LWS_CALLBACK_HTTP_BODY_COMPLETION && s != NULL &&
+	    ++s->body_completions > 1)
+		return -1;
 	switch (reason) {
 	case LWS_CALLBACK_WSI_CREATE:
 		worker_stats.connections++;

@@ -29,6 +29,7 @@ struct http_req;
 struct session {
 	struct conn *conn;    /* WebSocket only */
 	struct http_req *req; /* HTTP: the request being served */
+	unsigned body_completions; /* of the current request (see callback()) */
 };
 
 

@@ -519,8 +519,10 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 			fatal("out of memory");
 		c->rx_cap = cap;
 	}
-	memcpy(c->rx + c->rx_len, in, len);
-	c->rx_len += len;
+	if (len > 0) { /* an empty first fragment: nothing, and no buffer yet */
+		memcpy(c->rx + c->rx_len, in, len);
+		c->rx_len += len;
+	}
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
 		return 0;
 	rc = forward_packet(wsi, c, c->rx, c->rx_len);

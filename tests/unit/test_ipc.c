@@ -422,6 +422,37 @@ static void test_bound_counts_declared_sizes(void **state)
 	msgpack_sbuffer_destroy(&b);
 }
 
+/* A str or bin of no bytes is present: its pointer is not NULL, which
+ * would read as nil (HTTP_ANSWER: no body) and makes memcpy(dst, NULL, 0)
+ * in the receiver. msgpack-c gives a zero-length fixstr whatever pointer
+ * its parser last had, NULL at the start of a message. Found by
+ * tests/fuzz/fuzz_ipc (a HELLO_SUPERVISOR packed again decoded apart). */
+static void test_empty_bytes_are_not_nil(void **state)
+{
+	struct ipc_reader *r;
+	struct ipc_msg m;
+
+	(void)state;
+	/* [HELLO_SUPERVISOR, 2, 1, ""]: the config an empty fixstr, after
+	 * fixints only (so msgpack-c has no pointer yet) */
+	r = ipc_reader_new(1 << 20);
+	feed(r, "\x94\x02\x02\x01\xa0", 5);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 1);
+	assert_int_equal(m.type, IPC_HELLO_SUPERVISOR);
+	assert_int_equal(m.len, 0);
+	assert_non_null(m.data);
+	ipc_reader_free(r);
+	/* [HTTP_ANSWER, 1, 200, bin8 ""] is an empty body, not nil's none */
+	r = ipc_reader_new(1 << 20);
+	feed(r, "\x94\xcc\xcc\x01\xcc\xc8\xc4\x00" "\x94\xcc\xcc\x01\xcc\xc8\xc0", 15);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 1);
+	assert_int_equal(m.len, 0);
+	assert_non_null(m.data);
+	assert_int_equal(ipc_reader_next(r, &m, err, sizeof err), 1);
+	assert_null(m.data);
+	ipc_reader_free(r);
+}
+
 /* Random bytes never crash the reader, and it ends in a defined state. */
 static void test_random_bytes(void **state)
 {
@@ -507,6 +538,7 @@ int main(void)
 		cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_huge_container_headers),
 		cmocka_unit_test(test_bound_counts_declared_sizes),
+		cmocka_unit_test(test_empty_bytes_are_not_nil),
 		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_ipc_write_keeps_order),
 	};

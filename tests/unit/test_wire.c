@@ -280,6 +280,42 @@ static void test_many_keys(void **state)
 	free(text);
 }
 
+/* A raw NUL byte is no JSON anywhere, but jansson skips one that follows
+ * a token it read one character past (a number, true, false, null): it
+ * accepted these, and the payload for the backend (the text as it came,
+ * stamped) carried the NUL to a parser that refuses it. Both paths must
+ * refuse them. Found by tests/fuzz/fuzz_wire (the "2.5" case). */
+static void test_nul_bytes(void **state)
+{
+#define T(s) { s, sizeof(s) - 1 }
+	static const struct {
+		const char *text;
+		size_t len;
+	} cases_nul[] = {
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"n\":[1,2.5\0\r,true]}"),
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"n\":1\0}"),
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"t\":true\0,\"f\":null\0}"),
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\",\"data\":{\"x\":-0\0}}"),
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\"}\0"),
+		T("\0{\"packet_type\":\"alive\",\"subject_id\":\"a\"}"),
+		T("{\"packet_type\":\"alive\",\"subject_id\":\"a\0\"}"),
+	};
+#undef T
+	struct wire_packet p;
+	char why[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof cases_nul / sizeof cases_nul[0]; i++) {
+		const char *t = cases_nul[i].text;
+		size_t n = cases_nul[i].len;
+
+		check_one(t, n, BACKEND_MAX);
+		if (wire_parse(t, n, NOW, BACKEND_MAX, &p, why, sizeof why) == 0)
+			fail_msg("accepted a NUL byte (case %zu): %s", i, p.payload);
+		wire_packet_free(&p);
+	}
+}
+
 /* Random mutations of the cases: a byte replaced, inserted or removed,
  * from an alphabet that makes JSON (and breaks it) often. Fixed seed. */
 static void test_mutations_agree(void **state)
@@ -332,6 +368,7 @@ int main(void)
 		cmocka_unit_test(test_backend_max),
 		cmocka_unit_test(test_deep_nesting),
 		cmocka_unit_test(test_many_keys),
+		cmocka_unit_test(test_nul_bytes),
 		cmocka_unit_test(test_mutations_agree),
 	};
 
