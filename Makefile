@@ -9,6 +9,8 @@
 #   make install    binary to $(PREFIX)/bin, systemd unit to /etc/systemd/system
 
 VERSION := 0.1.0
+# the commit built, for --version (none outside a git checkout)
+COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 OUT ?= build
 DEPS := build/deps
 LWS := $(DEPS)/lws
@@ -19,7 +21,8 @@ PYTHON ?= /usr/bin/python3
 CC ?= gcc
 SAN_FLAGS ?=
 CFLAGS := -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g \
-	-DMR_VERSION='"$(VERSION)"' -I$(LWS)/include $(SAN_FLAGS) -MMD -MP
+	-DMR_VERSION='"$(VERSION)"' -DMR_COMMIT='"$(COMMIT)"' -I$(LWS)/include \
+	$(SAN_FLAGS) -MMD -MP
 LDFLAGS := $(SAN_FLAGS)
 LIBS := $(LWS)/lib/libwebsockets.a -levent_core -lmsgpackc -lsqlite3 \
 	-ljansson -lyajl -lz -lcap -lssl -lcrypto -lpthread -lm
@@ -31,7 +34,7 @@ ROUTER_OBJ := $(ROUTER_SRC:%.c=$(OUT)/obj/%.o) $(OUT)/obj/supervisor/schema.o
 CORE_OBJ := $(CORE_SRC:%.c=$(OUT)/obj/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(OUT)/tests/%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps run test test-unit test-integration asan test-asan install clean
+.PHONY: all deps run test test-unit test-integration asan test-asan install uninstall clean
 
 all: $(OUT)/mephisto-router
 
@@ -83,10 +86,19 @@ test-asan:
 
 install: all
 	install -D -m 0755 $(OUT)/mephisto-router $(DESTDIR)$(PREFIX)/bin/mephisto-router
+	install -D -m 0644 dist/mephisto-router.8 \
+		$(DESTDIR)$(PREFIX)/share/man/man8/mephisto-router.8
 	install -D -m 0644 dist/systemd/mephisto-router.service \
 		$(DESTDIR)/etc/systemd/system/mephisto-router.service
 	@test -e $(DESTDIR)/etc/mephisto-router.conf || \
 		install -D -m 0644 dist/mephisto-router.conf $(DESTDIR)/etc/mephisto-router.conf
+
+# /etc/mephisto-router.conf is left (it may hold your settings), as is the
+# state under /var/lib/mephisto-router.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/mephisto-router \
+		$(DESTDIR)$(PREFIX)/share/man/man8/mephisto-router.8 \
+		$(DESTDIR)/etc/systemd/system/mephisto-router.service
 
 clean:
 	rm -rf $(OUT)/obj $(OUT)/tests $(OUT)/mephisto-router build/asan

@@ -5,10 +5,34 @@
 #include "../supervisor/supervisor.h"
 #include "../worker/worker.h"
 
+#include <event2/event.h>
 #include <getopt.h>
+#include <jansson.h>
+#include <libwebsockets.h>
+#include <msgpack.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+#include <yajl/yajl_version.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The version, the commit built and the libraries' versions as they run. */
+static void version(FILE *out)
+{
+	char lws[32];
+	int y = yajl_version();
+
+	/* lws's own build appends a git describe of whatever tree it was
+	 * built in: the release is what precedes it */
+	snprintf(lws, sizeof lws, "%s", lws_get_library_version());
+	lws[strcspn(lws, "- ")] = '\0';
+	fprintf(out, "mephisto-router %s (commit %s)\n", MR_VERSION, MR_COMMIT);
+	fprintf(out, "libwebsockets %s with dist/lws-patches, libevent %s, SQLite %s, "
+		"jansson %s, msgpack-c %s, yajl %d.%d.%d, %s\n", lws, event_get_version(),
+		sqlite3_libversion(), jansson_version_str(), msgpack_version(), y / 10000,
+		y / 100 % 100, y % 100, OpenSSL_version(OPENSSL_VERSION));
+}
 
 static void usage(FILE *out)
 {
@@ -65,7 +89,7 @@ int main(int argc, char **argv)
 		case 'k': check_only = 1; break;
 		case 'd': db_path = optarg; break;
 		case 'h': usage(stdout); return 0;
-		case 'V': printf("mephisto-router %s\n", MR_VERSION); return 0;
+		case 'V': version(stdout); return 0;
 		case 'w':
 			worker = atoi(optarg);
 			if (worker < 1 || worker > CONFIG_MAX_WORKERS) {

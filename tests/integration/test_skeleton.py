@@ -627,3 +627,34 @@ def test_full_worker_leaves_connections_to_the_others(router_factory):
                     break
                 answer += chunk
         assert b"200 OK" in answer and b"Alive!" in answer, answer
+
+
+def test_version_names_commit_and_libraries(cli):
+    res = cli(["--version"])
+    first, second = res.stdout.splitlines()[:2]
+    assert first.startswith("mephisto-router ") and "(commit " in first, res
+    for lib in ("libwebsockets 4.1.6", "libevent ", "SQLite ", "jansson ",
+                "msgpack-c ", "yajl ", "OpenSSL "):
+        assert lib in second, (lib, res)
+
+
+def test_install_and_uninstall(tmp_path):
+    """make install into DESTDIR puts the binary, the unit, the config and
+    the man page in place; make uninstall takes back all but the config."""
+    repo = Path(__file__).resolve().parents[2]
+    dest = tmp_path / "root"
+    out = os.path.relpath(os.path.dirname(require_binary()), repo)
+    run = lambda target: subprocess.run(  # noqa: E731
+        ["make", "-s", "-C", str(repo), "OUT=" + out, "DESTDIR=" + str(dest),
+         "PREFIX=/usr/local", "-o", "all", target],
+        capture_output=True, text=True, timeout=120)
+    res = run("install")
+    assert res.returncode == 0, res.stderr
+    installed = {"usr/local/bin/mephisto-router", "usr/local/share/man/man8/mephisto-router.8",
+                 "etc/systemd/system/mephisto-router.service", "etc/mephisto-router.conf"}
+    for path in installed:
+        assert (dest / path).is_file(), path
+    res = run("uninstall")
+    assert res.returncode == 0, res.stderr
+    left = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    assert left == {"etc/mephisto-router.conf"}, left
