@@ -3,10 +3,15 @@
  * queries are the ones README.md shows for the sqlite3 CLI. */
 #include "status.h"
 
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+
+static int status_running; /* the router runs (router_running()) */
 
 static double now_epoch(void)
 {
@@ -16,19 +21,78 @@ static double now_epoch(void)
 	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
-/* Run sql, calling row() for each row. */
+/* Run sql, calling row() for each row; the number of rows, or -1. */
 static int each_row(sqlite3 *db, const char *sql,
 		    void (*row)(sqlite3_stmt *st, void *arg), void *arg)
 {
 	sqlite3_stmt *st;
-	int rc;
+	int rc, n = 0;
 
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		return -1;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		row(st, arg);
+		n++;
+	}
 	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	return rc == SQLITE_DONE ? n : -1;
+}
+
+/* One router_meta value as a number (0 when absent). */
+static double meta_number(sqlite3 *db, const char *key)
+{
+	sqlite3_stmt *st;
+	double v = 0;
+
+	if (sqlite3_prepare_v2(db, "SELECT value FROM router_meta WHERE key = ?1", -1, &st,
+			       NULL) != SQLITE_OK)
+		return 0;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_double(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+static int same_file(const char *a, const char *b)
+{
+	struct stat sa, sb;
+
+	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+	       sa.st_ino == sb.st_ino;
+}
+
+/* Whether the router that wrote the database runs: its supervisor's pid
+ * is alive and is a mephisto-router, and it has not recorded a stop. */
+static int router_running(sqlite3 *db, FILE *out)
+{
+	int pid = (int)meta_number(db, "pid");
+	double stopped = meta_number(db, "stopped_at");
+	char path[64], cmd[256] = "";
+	FILE *f;
+	size_t n = 0;
+
+	snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+	if (pid > 0 && (f = fopen(path, "r")) != NULL) {
+		n = fread(cmd, 1, sizeof cmd - 1, f);
+		fclose(f);
+	}
+	cmd[n] = '\0';
+	snprintf(path, sizeof path, "/proc/%d/exe", pid);
+	if (pid > 0 && stopped == 0 && kill(pid, 0) == 0 &&
+	    (strstr(cmd, "mephisto-router") || same_file(path, "/proc/self/exe"))) {
+		fprintf(out, "router:                running (pid %d)\n", pid);
+		return 1;
+	}
+	if (stopped > 0)
+		fprintf(out, "router:                not running (stopped %.0f s ago)\n",
+			now_epoch() - stopped);
+	else if (pid > 0)
+		fprintf(out, "router:                not running (pid %d is gone: it did not "
+			"stop cleanly)\n", pid);
+	else
+		fprintf(out, "router:                not running\n");
+	return 0;
 }
 
 static void print_meta(sqlite3_stmt *st, void *arg)
@@ -38,7 +102,8 @@ static void print_meta(sqlite3_stmt *st, void *arg)
 	FILE *out = arg;
 
 	if (strcmp(key, "started_at") == 0)
-		fprintf(out, "router started:        %.0f s ago\n", now_epoch() - value);
+		fprintf(out, "router started:        %.0f s ago%s\n", now_epoch() - value,
+			status_running ? "" : " (its last start)");
 	else if (strcmp(key, "last_backend_ping") == 0)
 		fprintf(out, "backend last polled:   %.1f s ago\n", now_epoch() - value);
 	else if (strcmp(key, "backend_attached") == 0)
@@ -98,10 +163,15 @@ int status_print(const char *path, FILE *out, char *err, size_t errlen)
 		goto fail;
 	sqlite3_busy_timeout(db, 2000);
 	fprintf(out, "state database:        %s\n", path);
+	status_running = router_running(db, out);
 	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+		int n;
+
 		fputs(sections[i].heading, out);
-		if (each_row(db, sections[i].sql, sections[i].row, out) < 0)
+		if ((n = each_row(db, sections[i].sql, sections[i].row, out)) < 0)
 			goto fail;
+		if (n == 0 && sections[i].heading[strlen(sections[i].heading) - 1] == '\n')
+			fputs("  (none)\n", out); /* a list with nothing in it */
 	}
 	rc = 0;
 fail:

@@ -421,6 +421,13 @@ void store_stage(struct store *s, const struct route_change *c, size_t n)
 	}
 }
 
+void store_stage_meta(struct store *s, const char *key, const char *value)
+{
+	if (s->gave_up)
+		return;
+	free(map_put(s->meta, key, strlen(key), copy_bytes(value, strlen(value))));
+}
+
 int store_has_staged(const struct store *s)
 {
 	return map_count(s->agents) || map_count(s->added) || map_count(s->removed) ||

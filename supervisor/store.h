@@ -79,7 +79,11 @@ const struct store_stats *store_get_stats(const struct store *s);
  * when it returns 0 (or -1). */
 int store_commit(struct store *s, const struct route *r, double now);
 
-/* Set one router_meta row now. Returns 0 or -1 (logged). */
+/* Stage one router_meta row (written with the next commit). */
+void store_stage_meta(struct store *s, const char *key, const char *value);
+
+/* Set one router_meta row now (before store_start()). Returns 0 or -1
+ * (logged). */
 int store_set_meta(struct store *s, const char *key, const char *value);
 
 #endif

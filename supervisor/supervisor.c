@@ -1001,6 +1001,14 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 			sup.exit_code = EXIT_CONFIG;
 			goto stop;
 		}
+		{
+			char pid[24];
+
+			/* for "status": whether this router runs */
+			snprintf(pid, sizeof pid, "%d", (int)getpid());
+			store_set_meta(sup.store, "pid", pid);
+			store_set_meta(sup.store, "stopped_at", "0");
+		}
 		if (store_start(sup.store, err, sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
 			sup.exit_code = EXIT_CONFIG;
@@ -1048,6 +1056,12 @@ stop:
 			event_free(sup.signals[i]);
 	event_free(sup.tick);
 	dispatch_actions(&sup);
+	{
+		char when[32];
+
+		snprintf(when, sizeof when, "%.3f", now_epoch());
+		store_stage_meta(sup.store, "stopped_at", when);
+	}
 	if (store_commit(sup.store, sup.route, now_epoch()) < 0)
 		log_error("state database: the last changes could not be written");
 	event_free(sup.commit);

@@ -99,3 +99,15 @@ def test_metrics_address_taken_is_not_fatal(router_factory):
         assert wait_until(lambda: "/metrics is not served" in r.log(), 3)
     finally:
         holder.close()
+
+
+def test_status_says_whether_the_router_runs(router_factory, cli):
+    r = router_factory()
+    db = r.keys["state_path"]
+    res = cli(["status", "--db", db])
+    assert res.returncode == 0, res
+    assert "router:                running (pid %d)" % r.pid in res.stdout, res.stdout
+    assert "agents per status:\n  (none)" in res.stdout, res.stdout
+    assert r.stop() == 0
+    res = cli(["status", "--db", db])
+    assert "router:                not running (stopped" in res.stdout, res.stdout
