@@ -78,6 +78,8 @@ struct supervisor {
 	struct store *store;
 	struct uploads *uploads; /* what download_file may serve */
 	double uploads_swept;    /* monotonic: upload_retention last applied */
+	double status_at;        /* monotonic: STATUS= last told to systemd */
+	char status_told[160];
 	struct route *route;
 	struct worker workers[CONFIG_MAX_WORKERS + 1]; /* [0] unused */
 	struct event *signals[4];
@@ -155,6 +157,28 @@ static void notify_systemd(const char *state)
 		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
 		log_warn("cannot notify systemd: %s", strerror(errno));
 	close(fd);
+}
+
+static int running_workers(const struct supervisor *sup);
+
+/* STATUS= for systemctl status, when it changed, at most once a second. */
+static void tell_systemd_status(struct supervisor *sup)
+{
+	char text[160];
+
+	if (now_monotonic() - sup->status_at < 1.0 || getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	sup->status_at = now_monotonic();
+	snprintf(text, sizeof text, "STATUS=%d of %d workers, %zu agents (%zu attached), "
+		 "backend %s, %zu packets queued for it", running_workers(sup),
+		 config_worker_count(&sup->cfg), route_agent_count(sup->route),
+		 route_attached_agents(sup->route),
+		 route_backend_attached(sup->route) ? "attached" : "away",
+		 route_queue_length(sup->route, PACKET_MEPHISTO));
+	if (strcmp(text, sup->status_told) == 0)
+		return;
+	snprintf(sup->status_told, sizeof sup->status_told, "%s", text);
+	notify_systemd(text);
 }
 
 /* ---- the listening socket ---- */
@@ -912,6 +936,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	route_tick(sup->route, now_epoch());
 	dispatch_actions(sup);
 	workers_check_draining(sup);
+	tell_systemd_status(sup);
 	if (sup->cfg.upload_retention > 0 &&
 	    now_monotonic() - sup->uploads_swept >= fmin(60, sup->cfg.upload_retention)) {
 		sup->uploads_swept = now_monotonic();

@@ -3,6 +3,7 @@ Prometheus text format, served on metrics_listen only."""
 
 import json
 import re
+import time
 
 import requests
 
@@ -111,3 +112,48 @@ def test_status_says_whether_the_router_runs(router_factory, cli):
     assert r.stop() == 0
     res = cli(["status", "--db", db])
     assert "router:                not running (stopped" in res.stdout, res.stdout
+
+
+def test_agent_churn_is_summed_up(router_factory):
+    r = router_factory(reconnect_grace=0.3)
+    agents = []
+    for i in range(20):
+        a = WSClient(r.ws_url)
+        a.send(json.dumps(browser_packet("alive", "churn-%d" % i)))
+        a.recv()
+        agents.append(a)
+    for a in agents:
+        a.close()
+
+    def total():
+        return sum(int(m.group(1)) for m in re.finditer(
+            r"info supervisor: (\d+) agents? disconnected: no reconnection", r.log()))
+    assert wait_until(lambda: total() == 20, 5), r.log_tail()
+    assert len(re.findall(r"agents? disconnected", r.log())) <= 3
+    assert "churn-5: no reconnection" not in r.log()  # per agent: debug only
+
+
+def test_systemd_notify_ready_and_status(router_factory, tmp_path):
+    """Type=notify: READY=1 once every worker accepts, then STATUS= lines
+    (a stand-in for systemd's notification socket)."""
+    import socket
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        r = router_factory(env={"NOTIFY_SOCKET": path})
+        got = []
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and not any(
+                g.startswith("STATUS=") for g in got):
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                break
+        assert "READY=1" in got, got
+        status = [g for g in got if g.startswith("STATUS=")]
+        assert status and "2 of 2 workers" in status[0] and "backend away" in status[0], got
+        assert r.get("/is_alive").status_code == 200
+    finally:
+        sock.close()

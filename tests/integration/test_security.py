@@ -97,7 +97,7 @@ def test_check_config_refuses_bad_address_lists(cli, tmp_path):
 
 
 def test_agent_id_cannot_forge_a_log_line(router_factory):
-    r = router_factory(reconnect_grace=0.3)
+    r = router_factory(reconnect_grace=0.3, log_level="debug")
     evil = "x\n2026-01-01T00:00:00.000Z error supervisor: FORGED"
     agent = WSClient(r.ws_url)
     agent.send(json.dumps(browser_packet("alive", evil)))
@@ -106,9 +106,9 @@ def test_agent_id_cannot_forge_a_log_line(router_factory):
     assert wait_until(lambda: "no reconnection" in r.log(), 5)
     lines = r.log().splitlines()
     assert not [l for l in lines if l.startswith("2026-01-01")]
-    # the id stays inside its own line, its newline written as \n
-    assert [l for l in lines if "FORGED" in l] == \
-        [l for l in lines if "x\\n2026-01-01" in l and "no reconnection" in l]
+    # the id stays inside the lines that name it, its newline written as \n
+    forged = [l for l in lines if "FORGED" in l]
+    assert forged and all("x\\n2026-01-01" in l for l in forged), forged
 
 
 # ---- strict HTTP and fair limits ----
