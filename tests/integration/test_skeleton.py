@@ -658,3 +658,28 @@ def test_install_and_uninstall(tmp_path):
     assert res.returncode == 0, res.stderr
     left = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert left == {"etc/mephisto-router.conf"}, left
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """systemd-analyze verify on the shipped unit (its binary path pointed at
+    the build; --man=no: the man page is installed by make install), and the
+    unit makes the folders the dist config names."""
+    import shutil
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    unit = (repo / "dist/systemd/mephisto-router.service").read_text()
+    conf = (repo / "dist/mephisto-router.conf").read_text()
+    for key in ("static_dir", "upload_dir", "state_path"):
+        value = re.search(r"^%s\s*=\s*(\S+)" % key, conf, re.M).group(1)
+        folder = value if key != "state_path" else os.path.dirname(value)
+        rel = os.path.relpath(folder, "/var/lib")
+        assert re.search(r"^StateDirectory=.*(^|\s)%s(\s|$)" % re.escape(rel), unit,
+                         re.M) or rel == "mephisto-router", (key, rel)
+        assert rel.split("/")[0] == "mephisto-router", (key, folder)
+    path = tmp_path / "mephisto-router.service"
+    path.write_text(unit.replace("/usr/local/bin/mephisto-router", require_binary()))
+    res = subprocess.run([analyze, "--man=no", "verify", str(path)], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0 and not res.stderr.strip(), res
