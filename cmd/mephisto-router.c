@@ -38,7 +38,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: mephisto-router [--config FILE] [--check-config]\n"
-		"       mephisto-router status [--config FILE] [--db FILE]\n"
+		"       mephisto-router status [--config FILE] [--db FILE] [--json]\n"
 		"       mephisto-router --help | --version\n"
 		"\n"
 		"A Mephisto router: serves task pages, turns HTTP requests into packets\n"
@@ -50,7 +50,8 @@ static void usage(FILE *out)
 		"                   ./mephisto-router.db, uploads in /tmp/, one worker per CPU\n"
 		"  --check-config   validate the configuration, print it and exit\n"
 		"  status           summarise the state database (state_path, or --db FILE)\n"
-		"                   read-only; works while the router runs\n"
+		"                   read-only; works while the router runs; --json for\n"
+		"                   scripts\n"
 		"  --help           this text\n"
 		"  --version        print the version\n"
 		"\n"
@@ -68,10 +69,11 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ "worker", required_argument, NULL, 'w' },
 		{ "db", required_argument, NULL, 'd' },
+		{ "json", no_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *config_path = NULL, *db_path = NULL;
-	int check_only = 0, worker = 0, status = 0, opt;
+	int check_only = 0, worker = 0, status = 0, json = 0, opt;
 	struct config cfg;
 	char err[1024];
 	const char *exe;
@@ -88,6 +90,7 @@ int main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 'k': check_only = 1; break;
 		case 'd': db_path = optarg; break;
+		case 'j': json = 1; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': version(stdout); return 0;
 		case 'w':
@@ -119,15 +122,16 @@ int main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 	if (status) {
-		if (status_print(db_path ? db_path : cfg.state_path, stdout, err,
+		if ((json ? status_print_json : status_print)(db_path ? db_path : cfg.state_path,
+							      stdout, err,
 				 sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
 			return 1;
 		}
 		return 0;
 	}
-	if (db_path != NULL) {
-		fprintf(stderr, "mephisto-router: --db is for the status command\n");
+	if (db_path != NULL || json) {
+		fprintf(stderr, "mephisto-router: --db and --json are for the status command\n");
 		return EXIT_CONFIG;
 	}
 	if (check_only) {

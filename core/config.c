@@ -35,6 +35,7 @@ static const struct key keys[] = {
 	{ "upload_dir", KEY_PATH, OFF(upload_dir), "/tmp/", 0, 0, 0 },
 	{ "state_path", KEY_PATH, OFF(state_path), "./mephisto-router.db", 0, 0, 0 },
 	{ "log_level", KEY_LOG_LEVEL, OFF(log_level), "info", 0, 0, 1 },
+	{ "access_log", KEY_INT, OFF(access_log), "0", 0, 1, 1 },
 	{ "max_connections", KEY_SIZE, OFF(max_connections), "10000", 1, 1e7, 0 },
 	{ "max_connections_per_address", KEY_INT, OFF(max_connections_per_address), "256", 1, 10000000, 1 },
 	{ "max_message_bytes", KEY_SIZE, OFF(max_message_bytes), "1M", 256, 1 << 30, 0 },

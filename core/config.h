@@ -25,6 +25,7 @@ struct config {
 	char upload_dir[PATH_MAX];
 	char state_path[PATH_MAX];
 	int log_level; /* enum log_level */
+	int access_log; /* 1: a line per HTTP request */
 	int64_t max_connections; /* per worker */
 	int max_connections_per_address; /* per worker */
 	int64_t max_message_bytes;

@@ -3,6 +3,7 @@
  * queries are the ones README.md shows for the sqlite3 CLI. */
 #include "status.h"
 
+#include <jansson.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -178,6 +179,87 @@ fail:
 	if (rc < 0)
 		snprintf(err, errlen, "cannot read state database %s: %s", path,
 			 db ? sqlite3_errmsg(db) : "out of memory");
+	sqlite3_close(db);
+	return rc;
+}
+
+/* ---- --json ---- */
+
+static void json_meta(sqlite3_stmt *st, void *arg)
+{
+	json_object_set_new(arg, (const char *)sqlite3_column_text(st, 0),
+			    json_real(sqlite3_column_double(st, 1)));
+}
+
+static void json_count(sqlite3_stmt *st, void *arg)
+{
+	json_object_set_new(arg, (const char *)sqlite3_column_text(st, 0),
+			    json_integer(sqlite3_column_int64(st, 1)));
+}
+
+static void json_queue(sqlite3_stmt *st, void *arg)
+{
+	json_object_set_new(arg, (const char *)sqlite3_column_text(st, 0),
+			    json_pack("{s:I, s:f}", "packets",
+				      (json_int_t)sqlite3_column_int64(st, 1), "oldest_age_seconds",
+				      now_epoch() - sqlite3_column_double(st, 2)));
+}
+
+static void json_total(sqlite3_stmt *st, void *arg)
+{
+	*(json_int_t *)arg = sqlite3_column_int64(st, 0);
+}
+
+int status_print_json(const char *path, FILE *out, char *err, size_t errlen)
+{
+	sqlite3 *db = NULL;
+	json_t *o = json_object(), *meta = json_object(), *per_status = json_object(),
+	       *per_worker = json_object(), *per_dest = json_object();
+	json_int_t agents = 0, queued = 0;
+	FILE *devnull = fopen("/dev/null", "w");
+	char *text;
+	int rc = -1;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK || !devnull)
+		goto fail;
+	sqlite3_busy_timeout(db, 2000);
+	json_object_set_new(o, "state_database", json_string(path));
+	json_object_set_new(o, "running", json_boolean(router_running(db, devnull)));
+	if (each_row(db, "SELECT key, value FROM router_meta ORDER BY key", json_meta, meta) < 0 ||
+	    each_row(db, "SELECT count(*) FROM agents", json_total, &agents) < 0 ||
+	    each_row(db, "SELECT status, count(*) FROM agents GROUP BY status", json_count,
+		     per_status) < 0 ||
+	    each_row(db, "SELECT CAST(attached_worker AS TEXT), count(*) FROM agents WHERE "
+		     "attached_worker IS NOT NULL GROUP BY attached_worker", json_count,
+		     per_worker) < 0 ||
+	    each_row(db, "SELECT count(*) FROM queued_packets", json_total, &queued) < 0 ||
+	    each_row(db, "SELECT destination, count(*), min(created_at) FROM queued_packets "
+		     "GROUP BY destination ORDER BY count(*) DESC LIMIT 1000", json_queue,
+		     per_dest) < 0)
+		goto fail;
+	json_object_set(o, "router_meta", meta);
+	json_object_set_new(o, "agents", json_integer(agents));
+	json_object_set(o, "agents_per_status", per_status);
+	json_object_set(o, "attached_agents_per_worker", per_worker);
+	json_object_set_new(o, "queued_packets", json_integer(queued));
+	json_object_set(o, "queued_per_destination", per_dest);
+	text = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+	if (text == NULL)
+		goto fail;
+	fprintf(out, "%s\n", text);
+	free(text);
+	rc = 0;
+fail:
+	if (rc < 0)
+		snprintf(err, errlen, "cannot read state database %s: %s", path,
+			 db ? sqlite3_errmsg(db) : "out of memory");
+	if (devnull != NULL)
+		fclose(devnull);
+	json_decref(meta);
+	json_decref(per_status);
+	json_decref(per_worker);
+	json_decref(per_dest);
+	json_decref(o);
 	sqlite3_close(db);
 	return rc;
 }

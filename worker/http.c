@@ -96,6 +96,10 @@ struct http_req {
 	unsigned int status; /* of the answer */
 	int close_after;
 	char download[UPLOAD_NAME_LEN + 1]; /* the stored name asked for */
+	/* for the access log (access_log = 1) */
+	double started;
+	char method[8];
+	char path[160];
 	int file_fd;      /* a download being sent after the answer's headers */
 	size_t file_left; /* its bytes still to send */
 };
@@ -243,6 +247,22 @@ static int add_router_headers(struct lws *wsi, unsigned char **p,
 /* Prepare the whole answer and ask for the WRITEABLE callback. close_after:
  * the request body was not (fully) read, so the connection cannot be
  * reused. */
+/* One line per request: client, method, path, status, bytes, time,
+ * written when the answer is made (the path as the client sent it, escaped
+ * and cut by the log). */
+static void access_line(struct lws *wsi, struct http_req *r, unsigned int status,
+			long long bytes)
+{
+	char client[64] = "?";
+
+	if (r == NULL || r->method[0] == '\0')
+		return;
+	lws_get_peer_simple(wsi, client, sizeof client);
+	log_info("access %s \"%s %s\" %u %lld %.1f ms", client, r->method, r->path, status,
+		 bytes, (wire_now() - r->started) * 1000);
+	r->method[0] = '\0'; /* once */
+}
+
 static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 			const char *type, const char *body, size_t len,
 			lws_filepos_t content_length, int close_after)
@@ -270,6 +290,7 @@ static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 	r->answer_len = (size_t)(p - start);
 	r->close_after = close_after;
 	r->status = status;
+	access_line(wsi, r, status, (long long)content_length);
 	worker_stats.http_requests++;
 	if (status >= 400)
 		worker_stats.http_errors++;
@@ -1201,6 +1222,16 @@ static int on_request(struct lws *wsi, struct session *s)
 	struct timeval tv;
 
 	req_free(s);
+	if (worker_cfg.access_log && method >= 0 && uri != NULL) {
+		static const char *const names[] = { "GET", "POST", "OPTIONS", "PUT",
+						     "PATCH", "DELETE", "CONNECT", "HEAD" };
+		struct http_req *r = req_get(s);
+
+		r->started = wire_now();
+		snprintf(r->method, sizeof r->method, "%s",
+			 (size_t)method < sizeof names / sizeof names[0] ? names[method] : "?");
+		snprintf(r->path, sizeof r->path, "%.*s", ulen, uri);
+	}
 	if (method < 0 || uri == NULL)
 		return answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, "bad request", 1);
 	if (worker_is_metrics_connection(wsi)) {
@@ -1274,6 +1305,7 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return on_writeable(wsi, s);
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 		worker_stats.http_requests++;
+		access_line(wsi, s->req, HTTP_STATUS_OK, -1);
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
 		req_free(s);

@@ -157,3 +157,48 @@ def test_systemd_notify_ready_and_status(router_factory, tmp_path):
         assert r.get("/is_alive").status_code == 200
     finally:
         sock.close()
+
+
+def test_access_log(router_factory):
+    r = router_factory(access_log=1)
+    assert r.get("/is_alive").status_code == 200
+    assert r.get("/").status_code == 200  # a static file
+    assert r.get("/no-such-file").status_code == 404
+    with requests.Session() as s:
+        s.trust_env = False
+        assert s.post(r.url + "/log_error", json={"error_data": {}},
+                      timeout=5).status_code == 200
+
+    def lines():
+        return re.findall(r'access 127\.0\.0\.1 "(\w+) (\S+)" (\d+) (-?\d+) [\d.]+ ms',
+                          r.log())
+    assert wait_until(lambda: len(lines()) >= 4, 5), r.log_tail()
+    got = {(m, p, int(st)) for m, p, st, _ in lines()}
+    assert {("GET", "/is_alive", 200), ("GET", "/", 200), ("GET", "/no-such-file", 404),
+            ("POST", "/log_error", 200)} <= got, got
+    # off by default
+    quiet = router_factory()
+    assert quiet.get("/is_alive").status_code == 200
+    assert "access " not in quiet.log()
+
+
+def test_status_json(router_factory, cli):
+    r = router_factory()
+    a = WSClient(r.ws_url)
+    a.send(json.dumps(browser_packet("alive", "j1")))
+    a.recv()
+    a.send(json.dumps(browser_packet("mephisto_bound_live_update", "j1", {"n": 1})))
+    a.send(json.dumps(browser_packet("heartbeat", "j1")))
+    a.recv()
+    db = r.keys["state_path"]
+
+    def status():
+        res = cli(["status", "--db", db, "--json"])
+        assert res.returncode == 0, res
+        return json.loads(res.stdout)
+    s = wait_until(lambda: (lambda s: s if s["queued_packets"] == 1 else None)(status()), 5)
+    assert s, status()
+    assert s["running"] is True and s["router_meta"]["pid"] == r.pid
+    assert s["agents"] == 1 and s["agents_per_status"] == {"none": 1}
+    assert s["queued_per_destination"]["mephisto"]["packets"] == 1
+    a.close()
