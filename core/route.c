@@ -1260,6 +1260,9 @@ void route_ws_packet(struct route *r, uint32_t worker, uint64_t conn,
 	int from_channel = is_channel(r, worker, conn);
 	struct agent *a;
 
+	r->stats.received[from_channel || (p->type == PKT_ALIVE && p->subject_id &&
+					   strcmp(p->subject_id, PACKET_MEPHISTO) == 0)]
+			 [p->type < PKT_TYPE_COUNT ? p->type : PKT_UNKNOWN]++;
 	if (p->type == PKT_UNKNOWN || p->type == PKT_RETURN_STATUSES ||
 	    p->type == PKT_REGISTER_AGENT || p->type == PKT_SUBMIT_ONBOARDING ||
 	    p->type == PKT_SUBMIT_UNIT || p->type == PKT_SUBMIT_METADATA) {

@@ -86,6 +86,9 @@ struct route_stats {
 	uint64_t requests_timed_out;
 	uint64_t version_warnings_suppressed;
 	uint64_t agents_pruned; /* agent_retention */
+	/* packets that arrived, by type: from the backend's channel [1] or
+	 * from agents and HTTP requests [0] */
+	uint64_t received[2][PKT_TYPE_COUNT];
 };
 
 struct route;

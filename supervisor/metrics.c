@@ -116,6 +116,15 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	one(&o, "waiting_requests", "gauge",
 	    "HTTP requests waiting for the backend's agent_details.",
 	    (double)route_waiting_requests(in->route));
+	head(&o, "packets_received_total", "counter",
+	     "WebSocket packets that reached the supervisor, by type and by who sent them.");
+	for (int from = 0; from < 2; from++)
+		for (int t = 0; t < PKT_TYPE_COUNT; t++)
+			if (rs->received[from][t] > 0)
+				put(&o, "mephisto_router_packets_received_total{type=\"%s\","
+				    "from=\"%s\"} %llu\n", packet_type_name((enum packet_type)t),
+				    from ? "backend" : "agent",
+				    (unsigned long long)rs->received[from][t]);
 	one(&o, "packets_routed_total", "counter", "Packets sent towards a connection.",
 	    (double)rs->packets_routed);
 	one(&o, "packets_queued_total", "counter",
