@@ -111,6 +111,21 @@ struct ipc_packet_fields {
 
 const char *ipc_type_name(enum ipc_type type);
 
+/* The endpoints the request-time histograms are kept for. */
+enum ipc_endpoint {
+	IPC_EP_IS_ALIVE, IPC_EP_GET_TIMESTAMP, IPC_EP_STATIC, IPC_EP_REQUEST_AGENT,
+	IPC_EP_SUBMIT_ONBOARDING, IPC_EP_SUBMIT_TASK, IPC_EP_SUBMIT_METADATA,
+	IPC_EP_LOG_ERROR, IPC_EP_DOWNLOAD, IPC_EP_METRICS, IPC_EP_OTHER,
+	IPC_ENDPOINTS
+};
+#define IPC_ENDPOINT_NAMES                                                    \
+	{ "is_alive", "get_timestamp", "static", "request_agent",             \
+	  "submit_onboarding", "submit_task", "submit_metadata", "log_error", \
+	  "download_file", "metrics", "other" }
+#define IPC_LATENCY_BUCKETS 10
+#define IPC_LATENCY_BOUNDS                                                    \
+	{ 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30 }
+
 /* What a worker counts; STATS carries it (as its bytes: both ends are the
  * same binary, the hello checks the version) every second, for /metrics. */
 struct worker_stats {
@@ -129,6 +144,10 @@ struct worker_stats {
 	uint64_t packets_out;     /* packets written on WebSockets */
 	uint64_t http_requests;   /* requests answered */
 	uint64_t http_errors;     /* of those, 4xx and 5xx */
+	/* time from a request's head to its answer, by endpoint: a count per
+	 * bucket of IPC_LATENCY_BOUNDS (and one past the last), and the sum */
+	uint64_t latency[IPC_ENDPOINTS][IPC_LATENCY_BUCKETS + 1];
+	double latency_sum[IPC_ENDPOINTS];
 };
 
 /* Encoders: each appends exactly one message to the packer. */

@@ -169,6 +169,43 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	PER_WORKER(&o, in, "backpressure_pauses_total", "counter",
 		   "Times a worker stopped reading its clients (IPC backlog).",
 		   backpressure_pauses);
+	/* request times, all workers together */
+	{
+		static const char *const names[IPC_ENDPOINTS] = IPC_ENDPOINT_NAMES;
+		static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
+
+		head(&o, "http_request_duration_seconds", "histogram",
+		     "Time from a request's head to its answer, by endpoint.");
+		for (int e = 0; e < IPC_ENDPOINTS; e++) {
+			uint64_t cumulative = 0, counts[IPC_LATENCY_BUCKETS + 1] = { 0 };
+			double sum = 0;
+
+			for (size_t i = 0; i < in->nworkers; i++) {
+				const struct worker_stats *w = in->workers[i].stats;
+
+				if (w == NULL)
+					continue;
+				for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++)
+					counts[b] += w->latency[e][b];
+				sum += w->latency_sum[e];
+			}
+			for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++) {
+				cumulative += counts[b];
+				if (b < IPC_LATENCY_BUCKETS)
+					put(&o, "mephisto_router_http_request_duration_seconds_bucket"
+					    "{endpoint=\"%s\",le=\"%g\"} %llu\n", names[e], bounds[b],
+					    (unsigned long long)cumulative);
+				else
+					put(&o, "mephisto_router_http_request_duration_seconds_bucket"
+					    "{endpoint=\"%s\",le=\"+Inf\"} %llu\n", names[e],
+					    (unsigned long long)cumulative);
+			}
+			put(&o, "mephisto_router_http_request_duration_seconds_sum{endpoint=\"%s\"} "
+			    "%.9g\n", names[e], sum);
+			put(&o, "mephisto_router_http_request_duration_seconds_count{endpoint=\"%s\"} "
+			    "%llu\n", names[e], (unsigned long long)cumulative);
+		}
+	}
 	head(&o, "refused_total", "counter", "Refusals and drops by fair limit, per worker.");
 	for (size_t i = 0; i < in->nworkers; i++) {
 		const struct worker_stats *w = in->workers[i].stats;

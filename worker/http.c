@@ -263,6 +263,46 @@ static void access_line(struct lws *wsi, struct http_req *r, unsigned int status
 	r->method[0] = '\0'; /* once */
 }
 
+/* The request's time into its endpoint's histogram, once. */
+static void count_time(struct session *s)
+{
+	static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
+	double t;
+	int b = 0;
+
+	if (s == NULL || s->endpoint < 0 || s->started == 0)
+		return;
+	t = wire_now() - s->started;
+	while (b < IPC_LATENCY_BUCKETS && t > bounds[b])
+		b++;
+	worker_stats.latency[s->endpoint][b]++;
+	worker_stats.latency_sum[s->endpoint] += t;
+	s->endpoint = -1;
+}
+
+/* Which histogram a request path counts in. */
+static int endpoint_of(const char *uri, int post)
+{
+	static const struct {
+		const char *path;
+		int ep;
+	} known[] = {
+		{ "/is_alive", IPC_EP_IS_ALIVE }, { "/get_timestamp", IPC_EP_GET_TIMESTAMP },
+		{ "/request_agent", IPC_EP_REQUEST_AGENT },
+		{ "/submit_onboarding", IPC_EP_SUBMIT_ONBOARDING },
+		{ "/submit_task", IPC_EP_SUBMIT_TASK },
+		{ "/submit_metadata", IPC_EP_SUBMIT_METADATA }, { "/log_error", IPC_EP_LOG_ERROR },
+		{ "/metrics", IPC_EP_METRICS },
+	};
+
+	for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+		if (strcmp(uri, known[i].path) == 0)
+			return known[i].ep;
+	if (strncmp(uri, "/download_file/", 15) == 0)
+		return IPC_EP_DOWNLOAD;
+	return post ? IPC_EP_OTHER : IPC_EP_STATIC;
+}
+
 static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 			const char *type, const char *body, size_t len,
 			lws_filepos_t content_length, int close_after)
@@ -291,6 +331,7 @@ static int answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 	r->close_after = close_after;
 	r->status = status;
 	access_line(wsi, r, status, (long long)content_length);
+	count_time(s);
 	worker_stats.http_requests++;
 	if (status >= 400)
 		worker_stats.http_errors++;
@@ -1222,12 +1263,15 @@ static int on_request(struct lws *wsi, struct session *s)
 	struct timeval tv;
 
 	req_free(s);
+	s->started = wire_now(); /* its time is counted */
+	s->endpoint = method >= 0 && uri != NULL ? endpoint_of(uri, method == LWSHUMETH_POST)
+						 : IPC_EP_OTHER;
 	if (worker_cfg.access_log && method >= 0 && uri != NULL) {
 		static const char *const names[] = { "GET", "POST", "OPTIONS", "PUT",
 						     "PATCH", "DELETE", "CONNECT", "HEAD" };
 		struct http_req *r = req_get(s);
 
-		r->started = wire_now();
+		r->started = s->started;
 		snprintf(r->method, sizeof r->method, "%s",
 			 (size_t)method < sizeof names / sizeof names[0] ? names[method] : "?");
 		snprintf(r->path, sizeof r->path, "%.*s", ulen, uri);
@@ -1306,6 +1350,7 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 		worker_stats.http_requests++;
 		access_line(wsi, s->req, HTTP_STATUS_OK, -1);
+		count_time(s);
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
 		req_free(s);

@@ -30,6 +30,8 @@ struct session {
 	struct conn *conn;    /* WebSocket only */
 	struct http_req *req; /* HTTP: the request being served */
 	unsigned body_completions; /* of the current request (see callback()) */
+	double started;   /* the current request's head arrived (http.c) */
+	int endpoint;     /* its enum ipc_endpoint; -1: its time is counted */
 };
 
 

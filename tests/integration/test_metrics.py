@@ -65,6 +65,11 @@ def test_metrics_during_traffic(router_factory):
         assert sum(v for k, v in m.items()
                    if k.startswith("mephisto_router_http_errors_total{")) >= 1
         assert m['mephisto_router_worker_restarts_total{cause="crash"}'] == 0
+        assert m['mephisto_router_http_request_duration_seconds_count'
+                 '{endpoint="static"}'] >= 1  # the 404 above
+        assert m['mephisto_router_http_request_duration_seconds_bucket'
+                 '{endpoint="static",le="+Inf"}'] == \
+            m['mephisto_router_http_request_duration_seconds_count{endpoint="static"}']
         assert m['mephisto_router_packets_received_total{type="mephisto_bound_live_update",'
                  'from="agent"}'] == 20
         assert m['mephisto_router_packets_received_total{type="alive",from="backend"}'] == 1
