@@ -81,9 +81,9 @@ struct store {
 	int started;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
-	struct batch *todo;   /* handed to the thread */
+	struct batch *handed; /* handed to the thread, not taken yet */
 	struct batch *done;   /* handed back */
-	struct batch *busy;   /* in the thread's hands (todo or being written) */
+	struct batch *busy;   /* in the thread's hands (taken, being written) */
 	int stopping;
 	int dead;             /* the thread died of SIGBUS: the store is not used */
 	int gave_up;          /* the loop saw it: nothing is staged any more */
@@ -718,8 +718,8 @@ static void *writer_main(void *arg)
 			s->done = s->busy;
 			s->busy = NULL;
 		}
-		batch_free(s->todo); /* nobody will write it */
-		s->todo = NULL;
+		batch_free(s->handed); /* nobody will write it */
+		s->handed = NULL;
 		pthread_mutex_unlock(&s->lock);
 		notify_loop(s);
 		return NULL;
@@ -729,12 +729,12 @@ static void *writer_main(void *arg)
 	for (;;) {
 		struct batch *b;
 
-		while (s->todo == NULL && !s->stopping)
+		while (s->handed == NULL && !s->stopping)
 			pthread_cond_wait(&s->wake, &s->lock);
-		if (s->todo == NULL)
+		if (s->handed == NULL)
 			break;
-		b = s->busy = s->todo;
-		s->todo = NULL;
+		b = s->busy = s->handed;
+		s->handed = NULL;
 		pthread_mutex_unlock(&s->lock);
 		commit_batch(s, b);
 		pthread_mutex_lock(&s->lock);
@@ -780,7 +780,7 @@ int store_busy(struct store *s)
 	if (!s->started)
 		return 0;
 	pthread_mutex_lock(&s->lock);
-	busy = s->todo != NULL || s->busy != NULL || s->done != NULL;
+	busy = s->handed != NULL || s->busy != NULL || s->done != NULL;
 	pthread_mutex_unlock(&s->lock);
 	return busy;
 }
@@ -810,7 +810,7 @@ int store_commit_begin(struct store *s, const struct route *r, double now)
 		return 1;
 	}
 	pthread_mutex_lock(&s->lock);
-	s->todo = b;
+	s->handed = b;
 	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
 	return 1;
@@ -869,7 +869,7 @@ static int store_wait(struct store *s)
 		int pending;
 
 		pthread_mutex_lock(&s->lock);
-		pending = s->todo != NULL || s->busy != NULL;
+		pending = s->handed != NULL || s->busy != NULL;
 		pthread_mutex_unlock(&s->lock);
 		if (!pending)
 			break;
