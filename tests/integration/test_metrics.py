@@ -210,3 +210,24 @@ def test_status_json(router_factory, cli):
     assert s["agents"] == 1 and s["agents_per_status"] == {"none": 1}
     assert s["queued_per_destination"]["mephisto"]["packets"] == 1
     a.close()
+
+
+def test_grafana_dashboard_uses_metrics_that_exist(router_factory):
+    """dist/grafana/mephisto-router.json: every mephisto_router_ series its
+    panels query is one /metrics serves (a histogram's _bucket included)."""
+    from pathlib import Path
+    dash = json.loads((Path(__file__).resolve().parents[2] /
+                       "dist/grafana/mephisto-router.json").read_text())
+    mport = free_port()
+    r = router_factory(metrics_listen="127.0.0.1:%d" % mport)
+    served = set()
+    for name, kind in re.findall(r"^# TYPE (mephisto_router_[a-z_]+) (\w+)$",
+                                 scrape(mport).text, re.M):
+        served.add(name)
+        if kind == "histogram":
+            served |= {name + "_bucket", name + "_sum", name + "_count"}
+    queried = set()
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            queried |= set(re.findall(r"mephisto_router_[a-z_]+", t["expr"]))
+    assert queried and queried <= served, queried - served
