@@ -48,6 +48,11 @@ int worker_ipc_paused(void);
 /* 1 when wsi came in on the metrics socket (metrics_listen). */
 int worker_is_metrics_connection(struct lws *wsi);
 
+/* dispatch.c: the protocol callback's guards and routing, shared with the
+ * fuzz harness (guard_lws_bugs 0 leaves lws's bugs unguarded, for it). */
+int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+		    void *in, size_t len, int guard_lws_bugs);
+
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		struct session *s, void *in, size_t len);

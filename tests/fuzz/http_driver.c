@@ -6,17 +6,17 @@
  * creates the lws context as worker_start() does: the same protocol table
  * (receive buffer, tx packet size, per-connection session), a callback
  * that dispatches to http_callback() and ws_callback() as worker.c's
- * callback() does, CONTEXT_PORT_NO_LISTEN_SERVER, UTF-8 validation,
+ * callback() does (worker_dispatch() itself), CONTEXT_PORT_NO_LISTEN_SERVER, UTF-8 validation,
  * max_http_header_data from max_header_bytes, no validity pings. Two
  * differences: lws runs its own poll() loop instead of libevent (nothing
  * in http.c or ws.c depends on the loop), and connections are one end of
  * a Unix socketpair rather than accepted TCP sockets, adopted as
  * accept_cb() adopts them (lws_adopt_socket_vhost()).
  *
- * And callback() guards against two bugs of lws 4.1.6 that worker.c does
- * not guard against (yet), and the client does not pipeline because of a
- * third: without that every run ended on one of them within a minute
- * (tests/fuzz/README.md, "Known bugs of libwebsockets").
+ * worker_dispatch() guards against two bugs of lws 4.1.6, and the client
+ * does not pipeline because of a third: without that every run ended on
+ * one of them within a minute (tests/fuzz/README.md, "Known bugs of
+ * libwebsockets").
  *
  * Each run writes the input into the client's end a request at a time
  * (next_pause()), servicing lws until nothing moves any more (the input
@@ -75,90 +75,22 @@ int worker_is_metrics_connection(struct lws *wsi) { (void)wsi; return 0; }
  * FUZZ_HTTP_PIPELINE=1: send inputs pipelined (next_pause());
  * FUZZ_HTTP_KNOWN_BUGS=1: no guard against lws's known bugs (callback()) */
 static int trace, pipeline, known_bugs;
-static int body_completions; /* of the current request (one connection at a time) */
 
 static struct lws_context *context;
 static struct lws_vhost *vhost;
 
-/* needs_session() and callback() are worker.c's, word for word but for
- * update_listener() and address_forget() (no listener, no addresses
- * here) and the two guards: keep them in step. */
-static int needs_session(enum lws_callback_reasons reason)
-{
-	switch (reason) {
-	case LWS_CALLBACK_ESTABLISHED:
-	case LWS_CALLBACK_RECEIVE:
-	case LWS_CALLBACK_SERVER_WRITEABLE:
-	case LWS_CALLBACK_CLOSED:
-	case LWS_CALLBACK_HTTP:
-	case LWS_CALLBACK_HTTP_BODY:
-	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-	case LWS_CALLBACK_HTTP_WRITEABLE:
-	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
-	case LWS_CALLBACK_CLOSED_HTTP:
-	case LWS_CALLBACK_TIMER:
-		return 1;
-	default:
-		return 0;
-	}
-}
-
+/* worker.c's callback: what the real worker adds is counting (no listener,
+ * no address table here); the rest is worker_dispatch() itself
+ * (worker/dispatch.c). FUZZ_HTTP_KNOWN_BUGS=1 leaves its guards against
+ * two bugs of lws 4.1.6 out, to reproduce them. */
 static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 		    void *user, void *in, size_t len)
 {
-	struct session *s = user;
-
-	if (s == NULL && needs_session(reason))
-		return reason == LWS_CALLBACK_CLOSED || reason == LWS_CALLBACK_CLOSED_HTTP ||
-				       reason == LWS_CALLBACK_HTTP_FILE_COMPLETION
-			       ? 0 : -1;
-	/* Not in worker.c: a guard against a bug of lws 4.1.6 (README.md,
-	 * "Known bugs"). An unknown Upgrade value on a keep-alive connection
-	 * makes lws answer 403 and end the transaction, which frees the
-	 * header table, and then go on with the value it points into: this
-	 * callback gets it as `in`, and lws_handshake_server() compares it
-	 * after us (server.c, "Upgrade to ws"). Hanging up here, when the
-	 * table is gone, stops lws before that. FUZZ_HTTP_KNOWN_BUGS=1 in the
-	 * environment leaves it out, as worker.c does. */
-	if (reason == LWS_CALLBACK_HTTP_CONFIRM_UPGRADE && !known_bugs &&
-	    lws_hdr_total_length(wsi, WSI_TOKEN_UPGRADE) <= 0)
-		return -1;
-	/* Not in worker.c either, the same: a request with a body whose head
-	 * lws took from its buffer behind a previous request (pipelined) makes
-	 * lws_http_action() read that buffer again and again, calling
-	 * BODY_COMPLETION each time and never consuming it (server.c, the
-	 * loop after "LRS_BODY state set"): the worker spins forever. A second
-	 * completion of one request is that loop; hanging up ends it. */
-	if (reason == LWS_CALLBACK_HTTP)
-		body_completions = 0;
-	if (reason == LWS_CALLBACK_HTTP_BODY_COMPLETION && !known_bugs &&
-	    ++body_completions > 1)
-		return -1;
-	switch (reason) {
-	case LWS_CALLBACK_WSI_CREATE:
+	if (reason == LWS_CALLBACK_WSI_CREATE)
 		worker_stats.connections++;
-		break;
-	case LWS_CALLBACK_WSI_DESTROY:
+	else if (reason == LWS_CALLBACK_WSI_DESTROY)
 		worker_stats.connections--;
-		break;
-	case LWS_CALLBACK_ESTABLISHED:
-	case LWS_CALLBACK_RECEIVE:
-	case LWS_CALLBACK_SERVER_WRITEABLE:
-	case LWS_CALLBACK_CLOSED:
-		return ws_callback(wsi, reason, s, in, len);
-	case LWS_CALLBACK_ADD_HEADERS:
-	case LWS_CALLBACK_HTTP:
-	case LWS_CALLBACK_HTTP_BODY:
-	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-	case LWS_CALLBACK_HTTP_WRITEABLE:
-	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
-	case LWS_CALLBACK_CLOSED_HTTP:
-	case LWS_CALLBACK_TIMER:
-		return http_callback(wsi, reason, s, in, len);
-	default:
-		break;
-	}
-	return lws_callback_http_dummy(wsi, reason, user, in, len);
+	return worker_dispatch(wsi, reason, user, in, len, !known_bugs);
 }
 
 static const struct lws_protocols protocols[] = {

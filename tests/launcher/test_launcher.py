@@ -129,13 +129,13 @@ def descendants(root):
     kids = {}
     for pid, st in stats.items():
         kids.setdefault(st[1], []).append(pid)
-    out, todo = [], [root]
+    out, pending = [], [root]
     for _ in range(10000):
-        if not todo:
+        if not pending:
             break
-        for k in kids.get(todo.pop(), []):
+        for k in kids.get(pending.pop(), []):
             out.append(k)
-            todo.append(k)
+            pending.append(k)
     return sorted(out)
 
 
