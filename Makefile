@@ -24,7 +24,7 @@ CFLAGS := -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -g \
 	-DMR_VERSION='"$(VERSION)"' -DMR_COMMIT='"$(COMMIT)"' -I$(LWS)/include \
 	$(SAN_FLAGS) -MMD -MP
 LDFLAGS := $(SAN_FLAGS)
-LIBS := $(LWS)/lib/libwebsockets.a -levent_core -lmsgpackc -lsqlite3 \
+LIBS := $(LWS)/lib/libwebsockets.a -levent_core -levent_extra -lmsgpackc -lsqlite3 \
 	-ljansson -lyajl -lz -lcap -lssl -lcrypto -lpthread -lm
 
 CORE_SRC := $(wildcard core/*.c)

@@ -123,8 +123,8 @@ int main(int argc, char **argv)
 	}
 	if (status) {
 		if ((json ? status_print_json : status_print)(db_path ? db_path : cfg.state_path,
-							      stdout, err,
-				 sizeof err) < 0) {
+							      cfg.metrics_listen, stdout, err,
+							      sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
 			return 1;
 		}

@@ -207,11 +207,11 @@ int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
 	return pack_bin(pk, payload, len);
 }
 
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const char *dest,
-		     uint64_t seq, const void *payload, size_t len)
+int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, uint64_t seq, double answers,
+		     const void *payload, size_t len)
 {
 	if (pack_head(pk, IPC_WS_SEND, 4) < 0 || msgpack_pack_uint64(pk, conn) < 0 ||
-	    pack_cstr(pk, dest) < 0 || msgpack_pack_uint64(pk, seq) < 0)
+	    msgpack_pack_uint64(pk, seq) < 0 || pack_double(pk, answers) < 0)
 		return -1;
 	return pack_bin(pk, payload, len);
 }
@@ -497,8 +497,8 @@ static int decode_version_mismatch(struct fields *f, struct ipc_msg *m)
 
 static int decode_ws_send(struct fields *f, struct ipc_msg *m)
 {
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_cstr(f, 0, &m->str1) < 0 ||
-	    get_u64(f, UINT64_MAX, &m->seq) < 0 ||
+	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0 ||
+	    get_double(f, &m->ts[0]) < 0 ||
 	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
 		return -1;
 	return get_end(f);

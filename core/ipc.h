@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IPC_PROTOCOL_VERSION 4
+#define IPC_PROTOCOL_VERSION 5
 
 /* Bytes a message may carry besides its payload (type, ids, framing). */
 #define IPC_MESSAGE_OVERHEAD 256
@@ -71,7 +71,7 @@ enum ipc_type {
 	IPC_METRICS_REQUEST = 110, /* req: a GET /metrics waits for the text */
 
 	/* supervisor -> worker */
-	IPC_WS_SEND = 200,  /* conn, dest, seq, payload: send this packet on conn */
+	IPC_WS_SEND = 200,  /* conn, seq, answers, payload: send this packet on conn */
 	IPC_WS_CLOSE = 201, /* conn, code: close conn with this status code */
 	IPC_DRAIN = 202,    /* stop accepting, close connections, exit 0 */
 	IPC_CONFIG = 203,   /* config: the reloaded config (SIGHUP) */
@@ -95,7 +95,8 @@ struct ipc_msg {
 	const char *str1; /* subject_id, dest, agent_id or version */
 	const char *str2; /* status (update_status) or request_id */
 	const char *str3; /* request_id (agent_details) */
-	double ts[3]; /* client, server, router_incoming timestamps */
+	double ts[3]; /* client, server, router_incoming timestamps; WS_SEND:
+		       * ts[0] is `answers` (ipc_pack_ws_send) */
 	const char *data;
 	size_t len;
 };
@@ -148,7 +149,23 @@ struct worker_stats {
 	 * bucket of IPC_LATENCY_BOUNDS (and one past the last), and the sum */
 	uint64_t latency[IPC_ENDPOINTS][IPC_LATENCY_BUCKETS + 1];
 	double latency_sum[IPC_ENDPOINTS];
+	/* time from a heartbeat's arrival to its answer's write, same buckets */
+	uint64_t heartbeat[IPC_LATENCY_BUCKETS + 1];
+	double heartbeat_sum;
 };
+
+/* Count a time of `seconds` into a histogram of IPC_LATENCY_BOUNDS. */
+static inline void ipc_latency_count(uint64_t buckets[IPC_LATENCY_BUCKETS + 1],
+				     double *sum, double seconds)
+{
+	static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
+	int b = 0;
+
+	while (b < IPC_LATENCY_BUCKETS && seconds > bounds[b])
+		b++;
+	buckets[b]++;
+	*sum += seconds;
+}
 
 /* Encoders: each appends exactly one message to the packer. */
 int ipc_pack_hello_worker(msgpack_packer *pk, uint32_t slot, int64_t pid);
@@ -166,8 +183,10 @@ int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
 			  const void *payload, size_t len);
 int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
 			      const void *payload, size_t len);
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, const char *dest,
-		     uint64_t seq, const void *payload, size_t len);
+/* answers: for a heartbeat's answer, the heartbeat's
+ * router_incoming_timestamp (the worker times the answer from it), else 0. */
+int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, uint64_t seq, double answers,
+		     const void *payload, size_t len);
 int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
 			 const void *body, size_t len);
 int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code);

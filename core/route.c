@@ -184,8 +184,8 @@ static struct route_action *action_add(struct route *r, enum route_action_kind k
 	return a;
 }
 
-static void send_to(struct route *r, struct endpoint to, const char *dest,
-		    uint64_t seq, const char *data, size_t len)
+static struct route_action *send_to(struct route *r, struct endpoint to, const char *dest,
+				    uint64_t seq, const char *data, size_t len)
 {
 	struct route_action *a = action_add(r, ROUTE_SEND, to.worker, to.conn);
 
@@ -194,6 +194,7 @@ static void send_to(struct route *r, struct endpoint to, const char *dest,
 	a->data = data;
 	a->len = len;
 	r->stats.packets_routed++;
+	return a;
 }
 
 static void http_answer(struct route *r, uint32_t worker, uint64_t req,
@@ -1146,7 +1147,8 @@ static void on_heartbeat(struct route *r, uint32_t worker, uint64_t conn,
 	}
 	free(data_text);
 	answer = own(r, packet_add_member(p->payload, p->len, member, (size_t)n, &len));
-	send_to(r, (struct endpoint){ worker, conn }, "", 0, answer, len);
+	send_to(r, (struct endpoint){ worker, conn }, "", 0, answer, len)->answers =
+		isnan(p->router_incoming_timestamp) ? 0 : p->router_incoming_timestamp;
 }
 
 static const char *statuses_member(struct agent *a, size_t *len)
@@ -1708,14 +1710,25 @@ void route_count_statuses(const struct route *r,
 
 size_t route_attached_agents(const struct route *r) { return map_count(r->conns); }
 
-size_t route_agent_queued(const struct route *r)
+void route_agent_queues(const struct route *r, struct route_queues *q)
 {
-	size_t pos = 0, n = 0;
+	size_t pos = 0;
 	void *value;
 
-	while (map_next(r->agents, &pos, NULL, NULL, &value))
-		n += ((const struct agent *)value)->queue.count;
-	return n;
+	memset(q, 0, sizeof *q);
+	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
+		const struct queue *aq = &((const struct agent *)value)->queue;
+
+		if (aq->count == 0)
+			continue;
+		q->destinations++;
+		q->packets += aq->count;
+		q->bytes += aq->bytes;
+		if (aq->count > q->deepest)
+			q->deepest = aq->count;
+		if (q->oldest == 0 || aq->head->created < q->oldest)
+			q->oldest = aq->head->created;
+	}
 }
 
 void route_backend_queue(const struct route *r, size_t *packets, size_t *bytes,

@@ -68,6 +68,7 @@ struct route_action {
 	uint64_t id; /* connection id (SEND) or request id (HTTP_ANSWER) */
 	const char *dest;
 	uint64_t seq;
+	double answers; /* SEND answering a heartbeat: its router_incoming_timestamp */
 	unsigned int status;
 	const char *data;
 	size_t len;
@@ -263,7 +264,14 @@ const struct route_stats *route_get_stats(const struct route *r);
 void route_count_statuses(const struct route *r,
 			  void (*cb)(void *arg, const char *status, size_t n), void *arg);
 size_t route_attached_agents(const struct route *r);
-size_t route_agent_queued(const struct route *r);
+/* The agents' queues together: how many agents have packets waiting, the
+ * packets and their bytes, the deepest queue, and the creation time of the
+ * oldest packet (0: none). One pass over the agents. */
+struct route_queues {
+	size_t destinations, packets, bytes, deepest;
+	double oldest;
+};
+void route_agent_queues(const struct route *r, struct route_queues *q);
 void route_backend_queue(const struct route *r, size_t *packets, size_t *bytes,
 			 double *oldest);
 

@@ -62,6 +62,43 @@ static void status_cb(void *arg, const char *status, size_t n)
 	put(o, "mephisto_router_agents{status=\"%s\"} %zu\n", clean, n);
 }
 
+static void add_counts(uint64_t to[IPC_LATENCY_BUCKETS + 1], double *to_sum,
+		       const uint64_t from[IPC_LATENCY_BUCKETS + 1], double from_sum)
+{
+	for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++)
+		to[b] += from[b];
+	*to_sum += from_sum;
+}
+
+/* The series of one histogram (after its head), from a count per bucket of
+ * IPC_LATENCY_BOUNDS and one past the last; label may be NULL. */
+static void histogram(struct out *o, const char *name, const char *label,
+		      const char *value, const uint64_t counts[IPC_LATENCY_BUCKETS + 1],
+		      double sum)
+{
+	static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
+	char labels[128] = "";
+	uint64_t cumulative = 0;
+
+	if (label != NULL)
+		snprintf(labels, sizeof labels, "%s=\"%s\",", label, value);
+	for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++) {
+		cumulative += counts[b];
+		if (b < IPC_LATENCY_BUCKETS)
+			put(o, "mephisto_router_%s_bucket{%sle=\"%g\"} %llu\n", name, labels,
+			    bounds[b], (unsigned long long)cumulative);
+		else
+			put(o, "mephisto_router_%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels,
+			    (unsigned long long)cumulative);
+	}
+	if (label != NULL)
+		labels[strlen(labels) - 1] = '\0'; /* no trailing comma */
+	put(o, "mephisto_router_%s_sum%s%s%s %.9g\n", name, label ? "{" : "", labels,
+	    label ? "}" : "", sum);
+	put(o, "mephisto_router_%s_count%s%s%s %llu\n", name, label ? "{" : "", labels,
+	    label ? "}" : "", (unsigned long long)cumulative);
+}
+
 /* One line per worker of a worker_stats field. */
 #define PER_WORKER(o, in, name, type, help, field)                              \
 	do {                                                                    \
@@ -79,14 +116,20 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	const struct route_stats *rs = route_get_stats(in->route);
 	const struct store_stats *ss = store_get_stats(in->store);
 	size_t packets, bytes, running = 0;
+	struct route_queues aq;
 	double oldest;
 
 	o.cap = 8192;
 	o.buf = malloc(o.cap);
 	if (o.buf == NULL)
 		fatal("out of memory");
+	head(&o, "build_info", "gauge", "The router's version and commit (always 1).");
+	put(&o, "mephisto_router_build_info{version=\"%s\",commit=\"%s\"} 1\n", MR_VERSION,
+	    MR_COMMIT);
 	one(&o, "start_time_seconds", "gauge", "When the router started (Unix seconds).",
 	    in->started);
+	one(&o, "workers_configured", "gauge", "Worker processes the config asks for.",
+	    (double)in->workers_configured);
 	for (size_t i = 0; i < in->nworkers; i++)
 		running += in->workers[i].running;
 	one(&o, "workers", "gauge", "Worker processes running.", (double)running);
@@ -110,9 +153,17 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	one(&o, "backend_queue_oldest_age_seconds", "gauge",
 	    "Age of the oldest packet for the backend (0: none).",
 	    oldest > 0 ? in->now - oldest : 0);
+	route_agent_queues(in->route, &aq);
 	one(&o, "agent_queue_packets", "gauge",
-	    "Packets for agents not yet written to them.",
-	    (double)route_agent_queued(in->route));
+	    "Packets for agents not yet written to them.", (double)aq.packets);
+	one(&o, "agent_queue_bytes", "gauge", "Their bytes.", (double)aq.bytes);
+	one(&o, "agent_queue_oldest_age_seconds", "gauge",
+	    "Age of the oldest packet for any agent (0: none).",
+	    aq.oldest > 0 ? in->now - aq.oldest : 0);
+	one(&o, "agent_queues", "gauge", "Agents with packets waiting for them.",
+	    (double)aq.destinations);
+	one(&o, "agent_queue_deepest_packets", "gauge",
+	    "Packets waiting for the agent with the most.", (double)aq.deepest);
 	one(&o, "waiting_requests", "gauge",
 	    "HTTP requests waiting for the backend's agent_details.",
 	    (double)route_waiting_requests(in->route));
@@ -169,42 +220,34 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	PER_WORKER(&o, in, "backpressure_pauses_total", "counter",
 		   "Times a worker stopped reading its clients (IPC backlog).",
 		   backpressure_pauses);
-	/* request times, all workers together */
+	/* request times and heartbeat answers, all workers together */
 	{
 		static const char *const names[IPC_ENDPOINTS] = IPC_ENDPOINT_NAMES;
-		static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
+		uint64_t counts[IPC_LATENCY_BUCKETS + 1];
+		double sum;
 
 		head(&o, "http_request_duration_seconds", "histogram",
 		     "Time from a request's head to its answer, by endpoint.");
 		for (int e = 0; e < IPC_ENDPOINTS; e++) {
-			uint64_t cumulative = 0, counts[IPC_LATENCY_BUCKETS + 1] = { 0 };
-			double sum = 0;
-
-			for (size_t i = 0; i < in->nworkers; i++) {
-				const struct worker_stats *w = in->workers[i].stats;
-
-				if (w == NULL)
-					continue;
-				for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++)
-					counts[b] += w->latency[e][b];
-				sum += w->latency_sum[e];
-			}
-			for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++) {
-				cumulative += counts[b];
-				if (b < IPC_LATENCY_BUCKETS)
-					put(&o, "mephisto_router_http_request_duration_seconds_bucket"
-					    "{endpoint=\"%s\",le=\"%g\"} %llu\n", names[e], bounds[b],
-					    (unsigned long long)cumulative);
-				else
-					put(&o, "mephisto_router_http_request_duration_seconds_bucket"
-					    "{endpoint=\"%s\",le=\"+Inf\"} %llu\n", names[e],
-					    (unsigned long long)cumulative);
-			}
-			put(&o, "mephisto_router_http_request_duration_seconds_sum{endpoint=\"%s\"} "
-			    "%.9g\n", names[e], sum);
-			put(&o, "mephisto_router_http_request_duration_seconds_count{endpoint=\"%s\"} "
-			    "%llu\n", names[e], (unsigned long long)cumulative);
+			memset(counts, 0, sizeof counts);
+			sum = 0;
+			for (size_t i = 0; i < in->nworkers; i++)
+				if (in->workers[i].stats != NULL)
+					add_counts(counts, &sum, in->workers[i].stats->latency[e],
+						   in->workers[i].stats->latency_sum[e]);
+			histogram(&o, "http_request_duration_seconds", "endpoint", names[e],
+				  counts, sum);
 		}
+		head(&o, "heartbeat_answer_seconds", "histogram",
+		     "Time from an agent's heartbeat reaching a worker to its answer's write "
+		     "(the router's part of the heartbeat round trip).");
+		memset(counts, 0, sizeof counts);
+		sum = 0;
+		for (size_t i = 0; i < in->nworkers; i++)
+			if (in->workers[i].stats != NULL)
+				add_counts(counts, &sum, in->workers[i].stats->heartbeat,
+					   in->workers[i].stats->heartbeat_sum);
+		histogram(&o, "heartbeat_answer_seconds", NULL, NULL, counts, sum);
 	}
 	head(&o, "refused_total", "counter", "Refusals and drops by fair limit, per worker.");
 	for (size_t i = 0; i < in->nworkers; i++) {

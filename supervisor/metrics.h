@@ -23,6 +23,7 @@ struct metrics_input {
 	const struct store *store;
 	const struct metrics_worker *workers;
 	size_t nworkers;
+	int workers_configured;
 	uint64_t restarts_crash;       /* a worker died (signal, exit status) */
 	uint64_t restarts_stalled;     /* ipc_stall_timeout or the IPC bound */
 	uint64_t restarts_broken_ipc;  /* a malformed message */

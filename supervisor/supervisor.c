@@ -416,7 +416,7 @@ static void dispatch_actions(struct supervisor *sup)
 			continue;
 		pk = worker_packer(w);
 		if (a[i].kind == ROUTE_SEND)
-			ipc_pack_ws_send(&pk, a[i].id, a[i].dest, a[i].seq, a[i].data,
+			ipc_pack_ws_send(&pk, a[i].id, a[i].seq, a[i].answers, a[i].data,
 					 a[i].len);
 		else
 			ipc_pack_http_answer(&pk, a[i].id, a[i].status, a[i].data, a[i].len);
@@ -433,7 +433,7 @@ static char *render_metrics(struct supervisor *sup, size_t *len)
 		.restarts_stalled = sup->restarts_stalled,
 		.restarts_broken_ipc = sup->restarts_broken_ipc,
 		.uploads = uploads_count(sup->uploads), .started = sup->started_epoch,
-		.now = now_epoch(),
+		.now = now_epoch(), .workers_configured = config_worker_count(&sup->cfg),
 	};
 
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
@@ -798,21 +798,12 @@ static void reap_cb(evutil_socket_t sig, short what, void *arg)
 		event_base_loopexit(sup->base, NULL);
 }
 
-static void reload_cb(evutil_socket_t sig, short what, void *arg)
+static void reload(struct supervisor *sup)
 {
-	struct supervisor *sup = arg;
 	struct config loaded;
 	char err[1024], restart[512];
 	char *text;
 
-	(void)sig;
-	(void)what;
-	if (sup->shutting_down)
-		return;
-	if (sup->config_path == NULL) {
-		log_warn("SIGHUP: started without --config, nothing to re-read");
-		return;
-	}
 	config_defaults(&loaded);
 	if (config_load_file(&loaded, sup->config_path, err, sizeof err) < 0 ||
 	    config_apply_env(&loaded, err, sizeof err) < 0 ||
@@ -845,6 +836,30 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 	}
 	free(text);
 	workers_resize(sup);
+}
+
+/* SIGHUP: re-read the config file. systemd hears RELOADING=1, then READY=1
+ * once done (the running configuration kept if the file is bad). */
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct timespec ts;
+	char text[64];
+
+	(void)sig;
+	(void)what;
+	if (sup->shutting_down)
+		return;
+	if (sup->config_path == NULL) {
+		log_warn("SIGHUP: started without --config, nothing to re-read");
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	snprintf(text, sizeof text, "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	notify_systemd(text);
+	reload(sup);
+	notify_systemd("READY=1");
 }
 
 static void kill_timer_cb(evutil_socket_t fd, short what, void *arg)

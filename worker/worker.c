@@ -210,7 +210,10 @@ static void ipc_handle(const struct ipc_msg *m)
 		}
 		return;
 	case IPC_WS_SEND:
-		ws_send(m->conn, m->seq, m->data, m->len);
+		if (m->ts[0] > 0)
+			ws_send_answer(m->conn, m->ts[0], m->data, m->len);
+		else
+			ws_send(m->conn, m->seq, m->data, m->len);
 		return;
 	case IPC_WS_CLOSE:
 		ws_close(m->conn, m->code);

@@ -57,6 +57,9 @@ int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		struct session *s, void *in, size_t len);
 void ws_send(uint64_t conn, uint64_t seq, const char *data, size_t len);
+/* The answer to a heartbeat that arrived at `received` (wire_now()):
+ * nobody waits for its write; the time to it is counted. */
+void ws_send_answer(uint64_t conn, double received, const char *data, size_t len);
 void ws_close(uint64_t conn, uint32_t code);
 void ws_close_all(uint32_t code);
 void ws_pause_all(int paused);

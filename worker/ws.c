@@ -40,6 +40,7 @@
 struct out_msg {
 	struct out_msg *next;
 	uint64_t seq; /* 0: nobody waits for it (heartbeat answers) */
+	double answers; /* a heartbeat's answer: when the heartbeat arrived */
 	size_t len;
 	char payload[];
 };
@@ -139,7 +140,8 @@ static size_t send_bound(void)
 	return IPC_SEND_WINDOW + 2 * (size_t)packet + (1 << 20);
 }
 
-void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
+static void enqueue(uint64_t id, uint64_t seq, double answers, const char *data,
+		    size_t len)
 {
 	struct conn *c = conn_find(id);
 	struct out_msg *m;
@@ -164,6 +166,7 @@ void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
 		fatal("out of memory");
 	m->next = NULL;
 	m->seq = seq;
+	m->answers = answers;
 	m->len = len;
 	memcpy(m->payload, data, len);
 	if (c->tail != NULL)
@@ -173,6 +176,16 @@ void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
 	c->tail = m;
 	c->queued_bytes += len;
 	lws_callback_on_writable(c->wsi);
+}
+
+void ws_send(uint64_t id, uint64_t seq, const char *data, size_t len)
+{
+	enqueue(id, seq, 0, data, len);
+}
+
+void ws_send_answer(uint64_t id, double received, const char *data, size_t len)
+{
+	enqueue(id, 0, received, data, len);
 }
 
 void ws_close(uint64_t id, uint32_t code)
@@ -614,6 +627,10 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			framed = m->next;
 			if (m->seq != 0)
 				last_seq = m->seq;
+			if (written && m->answers > 0)
+				ipc_latency_count(worker_stats.heartbeat,
+						  &worker_stats.heartbeat_sum,
+						  fmax(0, wire_now() - m->answers));
 			worker_stats.packets_out += written;
 			free(m);
 		}

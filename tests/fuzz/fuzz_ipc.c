@@ -128,7 +128,7 @@ static int repack(msgpack_packer *pk, const struct ipc_msg *m)
 	case IPC_VERSION_MISMATCH:
 		rc = ipc_pack_version_mismatch(pk, m->str1, m->data, m->len);
 		break;
-	case IPC_WS_SEND: rc = ipc_pack_ws_send(pk, m->conn, m->str1, m->seq, m->data, m->len); break;
+	case IPC_WS_SEND: rc = ipc_pack_ws_send(pk, m->conn, m->seq, m->ts[0], m->data, m->len); break;
 	case IPC_HTTP_ANSWER:
 		rc = ipc_pack_http_answer(pk, m->conn, m->code, m->data, m->len);
 		break;

@@ -80,7 +80,7 @@ int main(int argc, char **argv)
 						   "000000000001", PACKET, strlen(PACKET)), &pw);
 	ONE("version_mismatch", ipc_pack_version_mismatch(p, "2.0.3", PACKET, strlen(PACKET)), &pw);
 	ONE("ws_closed", ipc_pack_ws_closed(p, (1ULL << 32) | 1), &pw);
-	ONE("ws_send", ipc_pack_ws_send(p, (1ULL << 32) | 1, "agent-7", 17, PACKET,
+	ONE("ws_send", ipc_pack_ws_send(p, (1ULL << 32) | 1, 17, 1795000000.25, PACKET,
 					strlen(PACKET)), &ps);
 	ONE("http_answer", ipc_pack_http_answer(p, 9, 200, "{\"agent_id\":\"7\"}", 16), &ps);
 	ONE("http_answer_nil", ipc_pack_http_answer(p, 10, 408, NULL, 0), &ps);
@@ -109,7 +109,7 @@ int main(int argc, char **argv)
 	/* a good message cut short, and one followed by garbage */
 	msgpack_sbuffer_init(&b);
 	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-	ipc_pack_ws_send(&pk, 2, "agent-8", 3, PACKET, strlen(PACKET));
+	ipc_pack_ws_send(&pk, 2, 3, 0, PACKET, strlen(PACKET));
 	save("truncated_ws_send", b.data, b.size - 10);
 	msgpack_sbuffer_write(&b, "\x81\xa1x\x01", 4);
 	save("ws_send_then_map", b.data, b.size);

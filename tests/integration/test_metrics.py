@@ -231,3 +231,84 @@ def test_grafana_dashboard_uses_metrics_that_exist(router_factory):
         for t in p["targets"]:
             queried |= set(re.findall(r"mephisto_router_[a-z_]+", t["expr"]))
     assert queried and queried <= served, queried - served
+
+
+def test_heartbeat_answers_and_agent_queues_are_measured(router_factory):
+    """The router's part of a heartbeat's round trip is a histogram; the
+    agents' queues show depth, bytes and age."""
+    mport = free_port()
+    r = router_factory(metrics_listen="127.0.0.1:%d" % mport, workers=2)
+    backend = FakeBackend(r.ws_url, poll_interval=None).connect()
+    a = WSClient(r.ws_url)
+    try:
+        a.send(json.dumps(browser_packet("alive", "hb1")))
+        a.recv()
+        for _ in range(5):
+            a.send(json.dumps(browser_packet("heartbeat", "hb1")))
+            assert json.loads(a.recv())["packet_type"] == "heartbeat"
+        # an agent away: what the backend sends it waits in its queue
+        gone = WSClient(r.ws_url)
+        gone.send(json.dumps(browser_packet("alive", "away1")))
+        gone.recv()
+        gone.close()
+        time.sleep(0.3)
+        for n in range(3):
+            backend.send({"packet_type": "client_bound_live_update",
+                          "subject_id": "away1", "data": {"n": n}})
+
+        def ready():
+            m = values(scrape(mport).text)
+            return m if (m.get("mephisto_router_heartbeat_answer_seconds_count", 0) >= 5 and
+                         m.get("mephisto_router_agent_queue_packets", 0) >= 3) else None
+        m = wait_until(ready, 5)
+        assert m, scrape(mport).text
+        assert m["mephisto_router_heartbeat_answer_seconds_count"] == 5
+        assert m['mephisto_router_heartbeat_answer_seconds_bucket{le="+Inf"}'] == 5
+        assert 0 < m["mephisto_router_heartbeat_answer_seconds_sum"] < 5
+        assert m["mephisto_router_agent_queues"] == 1
+        assert m["mephisto_router_agent_queue_packets"] == 3
+        assert m["mephisto_router_agent_queue_deepest_packets"] == 3
+        assert m["mephisto_router_agent_queue_bytes"] > 3 * 40
+        assert m["mephisto_router_agent_queue_oldest_age_seconds"] > 0
+        assert m["mephisto_router_workers_configured"] == 2
+        assert any(k.startswith("mephisto_router_build_info{version=") for k in m)
+    finally:
+        a.close()
+        backend.stop()
+
+
+def test_status_shows_the_live_figures(router_factory, cli):
+    """status adds the running router's workers, counters and queues, read
+    from its metrics_listen; never another router's figures."""
+    mport = free_port()
+    r = router_factory(metrics_listen="127.0.0.1:%d" % mport, workers=2)
+    a = WSClient(r.ws_url)
+    a.send(json.dumps(browser_packet("alive", "st1")))
+    a.recv()
+    a.send(json.dumps(browser_packet("heartbeat", "st1")))
+    a.recv()
+    conf = str(r.config_path)
+
+    def text():
+        res = cli(["status", "--config", conf])
+        assert res.returncode == 0, res
+        return res.stdout if "heartbeat answers      1," in res.stdout else None
+    out = wait_until(text, 5)
+    assert out, cli(["status", "--config", conf]).stdout
+    assert "live figures (http://127.0.0.1:%d/metrics)" % mport in out
+    assert "workers                2 of 2 running; restarted: 0 crashed" in out
+    assert re.search(r"worker [12] +\d+ connections, 1 WebSockets, packets 2 in", out), out
+    res = cli(["status", "--config", conf, "--json"])
+    s = json.loads(res.stdout)
+    assert s["live"]["mephisto_router_workers"] == 2
+    assert s["live"]["mephisto_router_heartbeat_answer_seconds_count"] == 1
+    # a database whose router is not the one on that metrics address
+    other = router_factory(metrics_listen="none")
+    res = cli(["status", "--config", conf, "--db", other.keys["state_path"]])
+    assert "is another router's" in res.stdout, res.stdout
+    res = cli(["status", "--db", other.keys["state_path"], "--json"])
+    assert "live" not in json.loads(res.stdout)
+    a.close()
+    assert r.stop() == 0
+    res = cli(["status", "--config", conf])
+    assert "live figures:          (not available: the router does not run)" in res.stdout

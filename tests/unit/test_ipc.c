@@ -146,11 +146,11 @@ static void test_round_trip_every_message(void **state)
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
 
-	PACK(b, ipc_pack_ws_send(&pk, 9, "", 0, "", 0));
+	PACK(b, ipc_pack_ws_send(&pk, 9, 0, 1795000000.25, "", 0));
 	decode_one(&b, &m, &r);
 	assert_int_equal(m.type, IPC_WS_SEND);
 	assert_true(m.conn == 9);
-	assert_string_equal(m.str1, "");
+	assert_true(m.ts[0] == 1795000000.25);
 	assert_int_equal(m.len, 0);
 	ipc_reader_free(r);
 	msgpack_sbuffer_destroy(&b);
@@ -206,14 +206,14 @@ static void test_stream_byte_by_byte(void **state)
 	msgpack_sbuffer_init(&b);
 	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 	for (uint64_t i = 0; i < 100; i++)
-		ipc_pack_ws_send(&pk, i, "dest", i, "abcdef", (size_t)(i % 7));
+		ipc_pack_ws_send(&pk, i, i, 0, "abcdef", (size_t)(i % 7));
 	for (size_t i = 0; i < b.size; i++) {
 		int rc;
 		feed(r, b.data + i, 1);
 		while ((rc = ipc_reader_next(r, &m, err, sizeof err)) == 1) {
 			assert_int_equal(m.type, IPC_WS_SEND);
 			assert_true(m.conn == (uint64_t)got);
-			assert_string_equal(m.str1, "dest");
+			assert_true(m.seq == (uint64_t)got && m.ts[0] == 0);
 			assert_int_equal(m.len, got % 7);
 			got++;
 		}
@@ -231,7 +231,7 @@ static void test_truncated(void **state)
 	struct ipc_msg m;
 
 	(void)state;
-	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 2, "hello world", 11));
+	PACK(b, ipc_pack_ws_send(&pk, 1, 2, 0, "hello world", 11));
 	for (size_t cut = 0; cut < b.size; cut++) {
 		r = ipc_reader_new(1 << 20);
 		feed(r, b.data, cut);
@@ -253,7 +253,7 @@ static void test_oversized(void **state)
 	char *payload = calloc(1, big);
 
 	(void)state;
-	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 1, payload, big));
+	PACK(b, ipc_pack_ws_send(&pk, 1, 1, 0, payload, big));
 	/* Complete but over the bound. */
 	r = ipc_reader_new(big / 2);
 	feed(r, b.data, b.size);
@@ -309,10 +309,12 @@ static void test_garbage(void **state)
 	expect_garbage("\x92\x64\xff", 3, "expected an unsigned integer");
 	/* [ WS_OPENED, 1, 2 ]: extra field */
 	expect_garbage("\x93\x64\x01\x02", 4, "unexpected extra field");
-	/* [ WS_SEND, 1, "d\0", 2, "str" ]: str where bin is expected */
-	expect_garbage("\x95\xcc\xc8\x01\xa2" "d\0\x02\xa1" "x", 10, "expected bin");
-	/* [ WS_SEND, 1, "d" (no NUL), 2, bin ] */
-	expect_garbage("\x95\xcc\xc8\x01\xa1" "d\x02\xc4\x00", 9, "NUL-terminated");
+	/* [ WS_SEND, 1, 2, nil, "str" ]: str where bin is expected */
+	expect_garbage("\x95\xcc\xc8\x01\x02\xc0\xa1" "x", 8, "expected bin");
+	/* [ WS_SEND, 1, 2, "t", bin ]: str where the answered time is expected */
+	expect_garbage("\x95\xcc\xc8\x01\x02\xa1" "t\xc4\x00", 9, "expected a float or nil");
+	/* [ VERSION_MISMATCH, "2" (no NUL), bin ] */
+	expect_garbage("\x93\x69\xa1" "2\xc4\x00", 6, "NUL-terminated");
 	/* [ HTTP_ANSWER, 1, 999, nil ]: status out of range */
 	expect_garbage("\x94\xcc\xcc\x01\xcd\x03\xe7\xc0", 8, "HTTP status out of range");
 	/* [ HELLO_WORKER, 1, 2^40, 0 ]: slot out of uint32 range */
@@ -396,7 +398,7 @@ static void test_bound_counts_declared_sizes(void **state)
 
 	(void)state;
 	memset(payload, 'x', sizeof payload);
-	PACK(b, ipc_pack_ws_send(&pk, 1, "d", 2, payload, sizeof payload));
+	PACK(b, ipc_pack_ws_send(&pk, 1, 2, 0, payload, sizeof payload));
 	/* 300 bytes of payload, a bound of 200: refused once the bin header
 	 * is in, long before the payload */
 	r = ipc_reader_new(200);
