@@ -1,5 +1,5 @@
 """Helpers of the fault and abuse suite: raw sockets, a raw WebSocket
-client that can stop reading, /proc readings (CPU, memory), and the checks
+client that can stop reading, CPU shares over a window, and the checks
 every fault test ends with. Everything targets 127.0.0.1 and every loop is
 bounded in time and count."""
 
@@ -16,35 +16,12 @@ import requests
 
 from conftest import HTTP_TIMEOUT, miss_pause
 from mephisto_fakes import MEPHISTO, backend_packet
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from proclib import cpu_seconds, rss_mb  # noqa: F401  (tests/proclib.py)
 
 
 # --------------------------------------------------------------------------
-# /proc
-
-def cpu_seconds(pid):
-    """utime + stime of pid in seconds, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    rest = data[data.rfind(")") + 2:].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
-def rss_mb(pid):
-    """Resident memory of pid in MiB, or None if it is gone."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
+# /proc (the readers are tests/proclib.py's, on sys.path through the
+# integration conftest that conftest.py loads; rss_mb is re-exported here)
 
 class CpuWindow:
     """CPU share (of one core) of some pids over a window of wall time."""

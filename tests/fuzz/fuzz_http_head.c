@@ -5,19 +5,6 @@
  * frames as they come. How the worker is run in-process: http_driver.c. */
 #include "http_driver.h"
 
-#include <stdint.h>
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	http_driver_init();
-	return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	http_driver_run(data, size);

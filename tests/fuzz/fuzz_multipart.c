@@ -16,17 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	http_driver_init();
-	return 0;
-}
-
 /* The boundary of a body that starts with "--B\r\n": B, up to 70
  * characters that may appear in a header value unquoted. */
 static size_t body_boundary(const uint8_t *data, size_t size, char *out, size_t outlen)

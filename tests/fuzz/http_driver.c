@@ -189,10 +189,15 @@ static void make_dirs(void)
 		die("symlink: %s", strerror(errno));
 }
 
-void http_driver_init(void)
+/* libFuzzer's, for every harness linked with this file (http_driver.h):
+ * the environment's switches, the folders, worker_cfg and the context. */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	struct lws_context_creation_info info;
 	char err[256];
+
+	(void)argc;
+	(void)argv;
 
 	trace = getenv("FUZZ_HTTP_TRACE") != NULL;
 	pipeline = getenv("FUZZ_HTTP_PIPELINE") != NULL;
@@ -221,6 +226,7 @@ void http_driver_init(void)
 	vhost = lws_get_vhost_by_name(context, "default");
 	if (vhost == NULL)
 		die("%s", "no vhost");
+	return 0;
 }
 
 /* ---- the supervisor's side ---- */

@@ -7,9 +7,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Once, before the first run: the lws context and the temporary
- * static_dir and upload_dir. */
-void http_driver_init(void);
+/* libFuzzer's entry points. LLVMFuzzerInitialize is http_driver.c's, the
+ * same for every harness that includes this: once, before the first run,
+ * it makes the lws context and the temporary static_dir and upload_dir.
+ * Each harness defines LLVMFuzzerTestOneInput, which calls
+ * http_driver_run(). */
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* One client connection that sends these bytes, served until the worker
  * is done with them; then the client hangs up. */

@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,16 @@ import requests
 import websockets
 import websockets.exceptions
 
-REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # tests/proclib.py, shared by the suites
+
+# the /proc readers, also imported from here by the tests
+from proclib import (children_of, group_members, is_running,  # noqa: E402,F401
+                     pid_holding_inode, read_cmdline, read_stat,
+                     server_socket_inode)
+
+REPO = TESTS.parent
 DEFAULT_BIN = REPO / "build" / "mephisto-router"
 
 START_TIMEOUT = 10.0  # /is_alive must answer within this many seconds
@@ -168,77 +178,13 @@ def base_env(**extra):
 
 
 # --------------------------------------------------------------------------
-# ports, /proc
+# ports, processes (the /proc readers are tests/proclib.py's)
 
 def free_port():
     """A currently free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def read_stat(pid):
-    """(comm, state, ppid, pgrp, session) of pid, or None if it is gone.
-
-    comm is in parentheses and may itself hold spaces or parentheses, so the
-    fields are taken after the LAST ')'."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    lpar = data.find("(")
-    rpar = data.rfind(")")
-    if lpar < 0 or rpar < lpar:
-        return None
-    comm = data[lpar + 1:rpar]
-    rest = data[rpar + 2:].split()
-    if len(rest) < 4:
-        return None
-    return comm, rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-
-
-def read_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return []
-    return [a.decode("utf-8", "replace") for a in data.split(b"\0") if a]
-
-
-def all_pids():
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            out.append(int(name))
-    return out
-
-
-def is_running(pid):
-    """True if pid exists and is not a zombie."""
-    st = read_stat(pid)
-    return st is not None and st[1] not in ("Z", "X", "x")
-
-
-def children_of(ppid):
-    """Live (non-zombie) direct children of ppid."""
-    out = []
-    for pid in all_pids():
-        st = read_stat(pid)
-        if st is not None and st[2] == ppid and st[1] not in ("Z", "X", "x"):
-            out.append(pid)
-    return sorted(out)
-
-
-def group_members(pgid):
-    """Live (non-zombie) processes whose process group is pgid."""
-    out = []
-    for pid in all_pids():
-        st = read_stat(pid)
-        if st is not None and st[3] == pgid and st[1] not in ("Z", "X", "x"):
-            out.append(pid)
-    return sorted(out)
 
 
 def worker_slot(pid):
@@ -265,40 +211,6 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
             break
         time.sleep(interval)
     return value
-
-
-def server_socket_inode(router_port, client_port):
-    """Inode of the router-side TCP socket 127.0.0.1:router_port <->
-    127.0.0.1:client_port, from /proc/net/tcp."""
-    local = "0100007F:%04X" % router_port
-    remote = "0100007F:%04X" % client_port
-    try:
-        with open("/proc/net/tcp") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        cols = line.split()
-        if len(cols) >= 10 and cols[1] == local and cols[2] == remote:
-            return int(cols[9])
-    return None
-
-
-def pid_holding_inode(pids, inode):
-    target = "socket:[%d]" % inode
-    for pid in pids:
-        fd_dir = "/proc/%d/fd" % pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) == target:
-                    return pid
-            except OSError:
-                continue
-    return None
 
 
 # --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import websockets.exceptions
 
 from conftest import WSClient, require_binary, wait_until
 from mephisto_fakes import FakeBackend, browser_packet
+from proclib import cpu_seconds  # tests/proclib.py, on sys.path through conftest
 
 ALIVE_BACKEND = json.dumps({"packet_type": "alive", "subject_id": "mephisto",
                             "data": {}})
@@ -497,25 +498,19 @@ def test_connections_per_address_spares_trusted_proxies(router_factory):
             s.close()
 
 
-def _cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_pipelined_post_does_not_spin_a_worker(router_factory):
     """GET then a POST with a body in one send: lws 4.1.6 looped forever in
     lws_http_action() on it (found by tests/fuzz/fuzz_http_head)."""
     r = router_factory(workers=1)
     (pid,) = r.worker_pids()
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     pipelined = (b"GET /is_alive HTTP/1.1\r\nHost: x\r\n\r\n"
                  b"POST /log_error HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 2\r\n\r\n{}")
     for _ in range(5):
         raw_request(r.port, pipelined, wait=1)
     time.sleep(1)
-    assert _cpu_seconds(pid) - before < 0.5, "the worker spins"
+    assert cpu_seconds(pid) - before < 0.5, "the worker spins"
     assert r.get("/is_alive").status_code == 200
 
 

@@ -40,10 +40,14 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_DIR = REPO / "dist" / "mephisto"
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import WSClient  # noqa: E402  (tests/integration/conftest.py)
+from conftest import (WSClient, free_port, require_binary,  # noqa: E402
+                      router_binary, wait_until)  # (tests/integration/conftest.py)
 from mephisto_fakes import (  # noqa: E402
     FakeBackend, FakeBrowser, backend_packet, of_type)
+from proclib import (cmdline_text, descendants, group_members,  # noqa: E402
+                     is_running, listening, read_stat)
 
 PYTHON = "/usr/bin/python3"
 KINDS = ("node", "flask")
@@ -63,19 +67,6 @@ TASK_CONFIG = {"task_title": "launcher test", "block_mobile": True,
 AGAIN = "again: stopping the workers now"
 
 
-def router_binary():
-    return os.path.abspath(os.environ.get("MEPHISTO_ROUTER_BIN") or
-                           str(REPO / "build" / "mephisto-router"))
-
-
-def require_binary():
-    path = router_binary()
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail("router binary not found or not executable: %s (build it with "
-                    "`make`, or set MEPHISTO_ROUTER_BIN)" % path, pytrace=False)
-    return path
-
-
 def require_tool(name):
     path = shutil.which(name)
     if path is None:
@@ -85,100 +76,7 @@ def require_tool(name):
 
 
 # --------------------------------------------------------------------------
-# /proc
-
-def read_stat(pid):
-    """(state, ppid, pgrp, session) of pid, or None if gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    rest = data[data.rfind(")") + 2:].split()
-    if len(rest) < 4:
-        return None
-    return rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-
-
-def read_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().decode("utf-8", "replace").replace("\0", " ").strip()
-    except OSError:
-        return ""
-
-
-def alive(pid):
-    st = read_stat(pid)
-    return st is not None and st[0] not in ("Z", "X", "x")
-
-
-def all_stats():
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = read_stat(int(name))
-            if st is not None and st[0] not in ("Z", "X", "x"):
-                out[int(name)] = st
-    return out
-
-
-def descendants(root):
-    """Live descendants of root (not root itself)."""
-    stats = all_stats()
-    kids = {}
-    for pid, st in stats.items():
-        kids.setdefault(st[1], []).append(pid)
-    out, pending = [], [root]
-    for _ in range(10000):
-        if not pending:
-            break
-        for k in kids.get(pending.pop(), []):
-            out.append(k)
-            pending.append(k)
-    return sorted(out)
-
-
-def group_members(pgid):
-    return sorted(p for p, st in all_stats().items() if st[2] == pgid)
-
-
-def wait_until(pred, timeout, interval=0.05):
-    """pred()'s first truthy value within timeout, else its last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    for _ in range(int(timeout / interval) + 100):
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return value
-
-
-# --------------------------------------------------------------------------
-# ports
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port):
-    """True if some socket LISTENs on port (IPv4 or IPv6)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 3 and cols[3] == "0A" and \
-                    int(cols[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
+# ports (free_port is the integration conftest's, listening tests/proclib.py's)
 
 def port_free(port):
     """A new router could listen on port: nothing LISTENs there and a bind
@@ -292,17 +190,17 @@ class Launcher:
             self.seen.add(p)
             st = read_stat(p)
             if st is not None:
-                self.pgids.add(st[2])
+                self.pgids.add(st[3])
         return pids
 
     def router_pid(self):
-        kids = [p for p in self.tree() if read_stat(p) and read_stat(p)[1] == self.pid]
+        kids = [p for p in self.tree() if read_stat(p) and read_stat(p)[2] == self.pid]
         return kids[0] if len(kids) == 1 else None
 
     def worker_pids(self):
         rp = self.router_pid()
         return [] if rp is None else [p for p in self.tree()
-                                      if read_stat(p) and read_stat(p)[1] == rp]
+                                      if read_stat(p) and read_stat(p)[2] == rp]
 
     def log(self):
         try:
@@ -341,19 +239,20 @@ class Launcher:
 
     def leftovers(self):
         """Live processes of every group and tree seen (should be none)."""
-        left = set(p for p in self.seen if alive(p) and "mephisto-router" in read_cmdline(p))
+        left = set(p for p in self.seen
+                   if is_running(p) and "mephisto-router" in cmdline_text(p))
         for g in self.pgids:
             # ours: the launcher, a pid seen in its tree, or a router process
             # (a worker respawned since); not a stranger reusing the number
             left.update(p for p in group_members(g)
                         if p == self.pid or p in self.seen
-                        or "mephisto-router" in read_cmdline(p))
+                        or "mephisto-router" in cmdline_text(p))
         if self.proc is not None and self.proc.poll() is None:
             left.add(self.pid)
         return sorted(left)
 
     def describe(self, pids):
-        return ["%d: %s" % (p, read_cmdline(p)) for p in pids]
+        return ["%d: %s" % (p, cmdline_text(p)) for p in pids]
 
     def cleanup(self):
         """SIGKILL whatever is left, delete the uploads; returns survivors."""
@@ -368,7 +267,7 @@ class Launcher:
                     with contextlib.suppress(OSError):
                         os.killpg(g, signal.SIGKILL)
             for p in sorted(self.seen):
-                if alive(p) and "mephisto-router" in read_cmdline(p):
+                if is_running(p) and "mephisto-router" in cmdline_text(p):
                     with contextlib.suppress(OSError):
                         os.kill(p, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -638,7 +537,7 @@ def test_binary_found_on_path(kind, launchers, tmp_path):
     path = os.pathsep.join([str(bindir), os.environ.get("PATH", "/usr/bin:/bin")])
     ln = launchers(kind, env={"MEPHISTO_ROUTER_BIN": None, "PATH": path})
     ln.start().wait_alive()
-    assert read_cmdline(ln.router_pid()).split()[0] == str(bindir / "mephisto-router")
+    assert cmdline_text(ln.router_pid()).split()[0] == str(bindir / "mephisto-router")
     assert stop_and_check(ln, signal.SIGTERM) == 0
 
 

@@ -1342,15 +1342,19 @@ static void test_http_unknown_request_id_dropped(void **state)
 	assert_int_equal(route_waiting_requests(F.r), 1);
 }
 
-static void test_http_without_wait_answered_once_written(void **state)
+/* Request 5 of worker 2 carries agent a1's packet of this type and data
+ * (flags: ROUTE_HTTP_*): it goes to the attached backend at once, and
+ * once that send is written the request is answered 200 without a body.
+ * Returns the answer (valid until the actions are cleared). */
+static const struct route_action *http_answered_once_written(enum packet_type type,
+							    const char *data,
+							    unsigned int flags)
 {
 	const char *p;
 	const struct route_action *a;
 
-	(void)state;
-	attach_backend(T0);
-	p = packet_json(PKT_LOG_ERROR, "a1", "{\"x\":1}", T0 + 1);
-	http(2, 5, 0, "a1", NULL, p, T0 + 1);
+	p = packet_json(type, "a1", data, T0 + 1);
+	http(2, 5, flags, "a1", NULL, p, T0 + 1);
 	a = actions(1);
 	assert_send(&a[0], BW, BC, PACKET_MEPHISTO, p);
 	write_sends();
@@ -1360,7 +1364,17 @@ static void test_http_without_wait_answered_once_written(void **state)
 	assert_true(a[1].id == 5);
 	assert_int_equal(a[1].status, 200);
 	assert_null(a[1].data);
-	assert_int_equal(a[1].len, 0);
+	return &a[1];
+}
+
+static void test_http_without_wait_answered_once_written(void **state)
+{
+	const struct route_action *answer;
+
+	(void)state;
+	attach_backend(T0);
+	answer = http_answered_once_written(PKT_LOG_ERROR, "{\"x\":1}", 0);
+	assert_int_equal(answer->len, 0);
 	assert_int_equal(route_waiting_requests(F.r), 0);
 }
 
@@ -1904,22 +1918,9 @@ static void test_window_paces_a_queue(void **state)
  * backend's socket or committed to the store, whichever is first. */
 static void test_submission_answered_when_written(void **state)
 {
-	const struct route_action *a;
-	const char *p;
-
 	(void)state;
 	attach_backend(T0);
-	p = packet_json(PKT_SUBMIT_UNIT, "a1", "{}", T0 + 1);
-	http(2, 5, ROUTE_HTTP_FORGET_AGENT, "a1", NULL, p, T0 + 1);
-	a = actions(1);
-	assert_send(&a[0], BW, BC, PACKET_MEPHISTO, p);
-	write_sends();
-	a = actions(2);
-	assert_int_equal(a[1].kind, ROUTE_HTTP_ANSWER);
-	assert_int_equal(a[1].worker, 2);
-	assert_true(a[1].id == 5);
-	assert_int_equal(a[1].status, 200);
-	assert_null(a[1].data);
+	http_answered_once_written(PKT_SUBMIT_UNIT, "{}", ROUTE_HTTP_FORGET_AGENT);
 	clear();
 	/* Once only, also after the commit. */
 	route_changes_durable(F.r, route_change_epoch(F.r) + 10);
