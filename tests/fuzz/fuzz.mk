@@ -26,8 +26,8 @@ FUZZ_HARNESSES ?= fuzz_wire fuzz_ipc fuzz_config fuzz_http_head fuzz_multipart
 # what each harness links besides its own file: all of core/ (IO-free,
 # shared by both processes, so new files there need no change here)
 FUZZ_CORE_OBJ := $(patsubst %.c,%,$(wildcard core/*.c))
-FUZZ_HTTP_OBJ := worker/dispatch worker/http worker/ws worker/wire tests/fuzz/http_driver \
-	$(FUZZ_CORE_OBJ)
+FUZZ_HTTP_OBJ := worker/dispatch worker/http worker/endpoints worker/static worker/upload \
+	worker/ws worker/wire tests/fuzz/http_driver $(FUZZ_CORE_OBJ)
 fuzz_wire_OBJ := worker/wire $(FUZZ_CORE_OBJ)
 fuzz_ipc_OBJ := $(FUZZ_CORE_OBJ)
 fuzz_config_OBJ := $(FUZZ_CORE_OBJ)
