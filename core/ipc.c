@@ -2,14 +2,10 @@
 
 #include "log.h"
 
-#include <errno.h>
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 const char *ipc_type_name(enum ipc_type type)
 {
@@ -54,43 +50,6 @@ static int pack_bin(msgpack_packer *pk, const void *data, size_t len)
 	return msgpack_pack_bin_body(pk, data, len);
 }
 
-int ipc_pack_hello_worker(msgpack_packer *pk, uint32_t slot, int64_t pid)
-{
-	if (pack_head(pk, IPC_HELLO_WORKER, 3) < 0 ||
-	    msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
-	    msgpack_pack_uint32(pk, slot) < 0)
-		return -1;
-	return msgpack_pack_int64(pk, pid);
-}
-
-int ipc_pack_hello_supervisor(msgpack_packer *pk, uint32_t slot,
-			      const char *config, size_t len)
-{
-	if (pack_head(pk, IPC_HELLO_SUPERVISOR, 3) < 0 ||
-	    msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
-	    msgpack_pack_uint32(pk, slot) < 0 ||
-	    msgpack_pack_str(pk, len) < 0)
-		return -1;
-	return msgpack_pack_str_body(pk, config, len);
-}
-
-static int pack_conn_only(msgpack_packer *pk, enum ipc_type type, uint64_t conn)
-{
-	if (pack_head(pk, type, 1) < 0)
-		return -1;
-	return msgpack_pack_uint64(pk, conn);
-}
-
-int ipc_pack_ws_opened(msgpack_packer *pk, uint64_t conn)
-{
-	return pack_conn_only(pk, IPC_WS_OPENED, conn);
-}
-
-int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn)
-{
-	return pack_conn_only(pk, IPC_WS_CLOSED, conn);
-}
-
 /* A C string (with its NUL) or nil. */
 static int pack_cstr(msgpack_packer *pk, const char *s)
 {
@@ -104,147 +63,132 @@ static int pack_cstr(msgpack_packer *pk, const char *s)
 	return msgpack_pack_str_body(pk, s, len);
 }
 
+static int pack_str(msgpack_packer *pk, const char *s, size_t len)
+{
+	if (msgpack_pack_str(pk, len) < 0)
+		return -1;
+	return msgpack_pack_str_body(pk, s, len);
+}
+
 static int pack_double(msgpack_packer *pk, double v)
 {
 	return isnan(v) ? msgpack_pack_nil(pk) : msgpack_pack_double(pk, v);
 }
 
-int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
-		       const struct ipc_packet_fields *f, const void *payload,
-		       size_t len)
+static int pack_bin_or_nil(msgpack_packer *pk, const void *data, size_t len)
 {
-	if (pack_head(pk, IPC_WS_PACKET, 9) < 0 || msgpack_pack_uint64(pk, conn) < 0 ||
-	    msgpack_pack_uint32(pk, f->type) < 0 || pack_cstr(pk, f->subject_id) < 0 ||
-	    pack_cstr(pk, f->status) < 0 || pack_cstr(pk, f->request_id) < 0 ||
-	    pack_double(pk, f->client_timestamp) < 0 ||
-	    pack_double(pk, f->server_timestamp) < 0 ||
-	    pack_double(pk, f->router_incoming_timestamp) < 0)
+	return data == NULL ? msgpack_pack_nil(pk) : pack_bin(pk, data, len);
+}
+
+/* The fields of each message, in order (ipc_decode reads them so). */
+static int pack_fields(msgpack_packer *pk, const struct ipc_message *m)
+{
+	switch (m->type) {
+	case IPC_HELLO_WORKER:
+		return msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
+		       msgpack_pack_uint32(pk, m->hello_worker.slot) < 0 ||
+		       msgpack_pack_int64(pk, m->hello_worker.pid) < 0 ? -1 : 0;
+	case IPC_HELLO_SUPERVISOR:
+		return msgpack_pack_uint32(pk, IPC_PROTOCOL_VERSION) < 0 ||
+		       msgpack_pack_uint32(pk, m->hello_supervisor.slot) < 0 ||
+		       pack_str(pk, m->hello_supervisor.config, m->hello_supervisor.config_len) < 0 ? -1 : 0;
+	case IPC_WS_OPENED:
+	case IPC_WS_CLOSED:
+		return msgpack_pack_uint64(pk, m->ws_conn.conn);
+	case IPC_WS_PACKET: {
+		const struct packet *p = &m->ws_packet.packet;
+
+		return msgpack_pack_uint64(pk, m->ws_packet.conn) < 0 ||
+		       msgpack_pack_uint32(pk, (uint32_t)p->type) < 0 ||
+		       pack_cstr(pk, p->subject_id) < 0 ||
+		       pack_cstr(pk, p->status) < 0 ||
+		       pack_cstr(pk, p->request_id) < 0 ||
+		       pack_double(pk, p->client_timestamp) < 0 ||
+		       pack_double(pk, p->server_timestamp) < 0 ||
+		       pack_double(pk, p->router_incoming_timestamp) < 0 ||
+		       pack_bin(pk, p->payload, p->len) < 0 ? -1 : 0;
+	}
+	case IPC_WS_UNSENT:
+	case IPC_WS_SENT:
+		return msgpack_pack_uint64(pk, m->ws_written.conn) < 0 ||
+		       msgpack_pack_uint64(pk, m->ws_written.seq) < 0 ? -1 : 0;
+	case IPC_HTTP_REQUEST:
+		return msgpack_pack_uint64(pk, m->http_request.req) < 0 ||
+		       msgpack_pack_uint32(pk, m->http_request.flags) < 0 ||
+		       pack_cstr(pk, m->http_request.agent_id) < 0 ||
+		       pack_cstr(pk, m->http_request.request_id) < 0 ||
+		       pack_bin(pk, m->http_request.packet, m->http_request.len) < 0 ? -1 : 0;
+	case IPC_VERSION_MISMATCH:
+		return pack_cstr(pk, m->version_mismatch.version) < 0 ||
+		       pack_bin(pk, m->version_mismatch.packet, m->version_mismatch.len) < 0 ? -1 : 0;
+	case IPC_UPLOAD_STORED:
+		return pack_cstr(pk, m->upload_stored.stored) < 0 ||
+		       pack_cstr(pk, m->upload_stored.original) < 0 ||
+		       pack_cstr(pk, m->upload_stored.field) < 0 ||
+		       pack_cstr(pk, m->upload_stored.agent_id) < 0 ||
+		       msgpack_pack_uint64(pk, m->upload_stored.size) < 0 ||
+		       msgpack_pack_uint64(pk, m->upload_stored.dev) < 0 ||
+		       msgpack_pack_uint64(pk, m->upload_stored.ino) < 0 ? -1 : 0;
+	case IPC_DOWNLOAD_CHECK:
+		return msgpack_pack_uint64(pk, m->download_check.req) < 0 ||
+		       pack_cstr(pk, m->download_check.stored) < 0 ? -1 : 0;
+	case IPC_STATS:
+		return pack_bin(pk, &m->stats, sizeof m->stats);
+	case IPC_METRICS_REQUEST:
+		return msgpack_pack_uint64(pk, m->metrics_request.req);
+	case IPC_METRICS:
+		return msgpack_pack_uint64(pk, m->metrics.req) < 0 ||
+		       pack_bin(pk, m->metrics.text, m->metrics.len) < 0 ? -1 : 0;
+	case IPC_WS_SEND:
+		return msgpack_pack_uint64(pk, m->ws_send.conn) < 0 ||
+		       msgpack_pack_uint64(pk, m->ws_send.seq) < 0 ||
+		       pack_double(pk, m->ws_send.answers) < 0 ||
+		       pack_bin(pk, m->ws_send.packet, m->ws_send.len) < 0 ? -1 : 0;
+	case IPC_WS_CLOSE:
+		return msgpack_pack_uint64(pk, m->ws_close.conn) < 0 ||
+		       msgpack_pack_uint32(pk, m->ws_close.code) < 0 ? -1 : 0;
+	case IPC_DRAIN:
+		return 0;
+	case IPC_CONFIG:
+		return pack_str(pk, m->config.text, m->config.len);
+	case IPC_HTTP_ANSWER:
+		return msgpack_pack_uint64(pk, m->http_answer.req) < 0 ||
+		       msgpack_pack_uint32(pk, m->http_answer.status) < 0 ||
+		       pack_bin_or_nil(pk, m->http_answer.body, m->http_answer.len) < 0 ? -1 : 0;
+	case IPC_DOWNLOAD_INFO:
+		return msgpack_pack_uint64(pk, m->download_info.req) < 0 ||
+		       msgpack_pack_uint32(pk, m->download_info.found ? 1 : 0) < 0 ||
+		       msgpack_pack_uint64(pk, m->download_info.dev) < 0 ||
+		       msgpack_pack_uint64(pk, m->download_info.ino) < 0 ? -1 : 0;
+	}
+	return -1;
+}
+
+/* Fields per message type, after the type itself. */
+static int field_count(enum ipc_type type)
+{
+	switch (type) {
+	case IPC_DRAIN: return 0;
+	case IPC_WS_OPENED: case IPC_WS_CLOSED: case IPC_STATS: case IPC_METRICS_REQUEST:
+	case IPC_CONFIG: return 1;
+	case IPC_WS_UNSENT: case IPC_WS_SENT: case IPC_VERSION_MISMATCH:
+	case IPC_DOWNLOAD_CHECK: case IPC_METRICS: case IPC_WS_CLOSE: return 2;
+	case IPC_HELLO_WORKER: case IPC_HELLO_SUPERVISOR: case IPC_HTTP_ANSWER: return 3;
+	case IPC_WS_SEND: case IPC_DOWNLOAD_INFO: return 4;
+	case IPC_HTTP_REQUEST: return 5;
+	case IPC_UPLOAD_STORED: return 7;
+	case IPC_WS_PACKET: return 9;
+	}
+	return -1;
+}
+
+int ipc_pack(msgpack_packer *pk, const struct ipc_message *m)
+{
+	int n = field_count(m->type);
+
+	if (n < 0 || pack_head(pk, m->type, (size_t)n) < 0)
 		return -1;
-	return pack_bin(pk, payload, len);
-}
-
-static int pack_conn_seq(msgpack_packer *pk, enum ipc_type type, uint64_t conn,
-			 uint64_t seq)
-{
-	if (pack_head(pk, type, 2) < 0 || msgpack_pack_uint64(pk, conn) < 0)
-		return -1;
-	return msgpack_pack_uint64(pk, seq);
-}
-
-int ipc_pack_ws_unsent(msgpack_packer *pk, uint64_t conn, uint64_t seq)
-{
-	return pack_conn_seq(pk, IPC_WS_UNSENT, conn, seq);
-}
-
-int ipc_pack_ws_sent(msgpack_packer *pk, uint64_t conn, uint64_t seq)
-{
-	return pack_conn_seq(pk, IPC_WS_SENT, conn, seq);
-}
-
-int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
-			  const char *agent_id, const char *request_id,
-			  const void *payload, size_t len)
-{
-	if (pack_head(pk, IPC_HTTP_REQUEST, 5) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
-	    msgpack_pack_uint32(pk, flags) < 0 || pack_cstr(pk, agent_id) < 0 ||
-	    pack_cstr(pk, request_id) < 0)
-		return -1;
-	return pack_bin(pk, payload, len);
-}
-
-int ipc_pack_upload_stored(msgpack_packer *pk, const char *stored, const char *original,
-			   const char *field, const char *agent, uint64_t size,
-			   uint64_t dev, uint64_t ino)
-{
-	if (pack_head(pk, IPC_UPLOAD_STORED, 7) < 0 || pack_cstr(pk, stored) < 0 ||
-	    pack_cstr(pk, original) < 0 || pack_cstr(pk, field) < 0 ||
-	    pack_cstr(pk, agent) < 0 || msgpack_pack_uint64(pk, size) < 0 ||
-	    msgpack_pack_uint64(pk, dev) < 0)
-		return -1;
-	return msgpack_pack_uint64(pk, ino);
-}
-
-int ipc_pack_download_check(msgpack_packer *pk, uint64_t req, const char *stored)
-{
-	if (pack_head(pk, IPC_DOWNLOAD_CHECK, 2) < 0 || msgpack_pack_uint64(pk, req) < 0)
-		return -1;
-	return pack_cstr(pk, stored);
-}
-
-int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t dev,
-			   uint64_t ino)
-{
-	if (pack_head(pk, IPC_DOWNLOAD_INFO, 4) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
-	    msgpack_pack_uint32(pk, found ? 1 : 0) < 0 || msgpack_pack_uint64(pk, dev) < 0)
-		return -1;
-	return msgpack_pack_uint64(pk, ino);
-}
-
-int ipc_pack_stats(msgpack_packer *pk, const struct worker_stats *stats)
-{
-	if (pack_head(pk, IPC_STATS, 1) < 0)
-		return -1;
-	return pack_bin(pk, stats, sizeof *stats);
-}
-
-int ipc_pack_metrics_request(msgpack_packer *pk, uint64_t req)
-{
-	return pack_conn_only(pk, IPC_METRICS_REQUEST, req);
-}
-
-int ipc_pack_metrics(msgpack_packer *pk, uint64_t req, const char *text, size_t len)
-{
-	if (pack_head(pk, IPC_METRICS, 2) < 0 || msgpack_pack_uint64(pk, req) < 0)
-		return -1;
-	return pack_bin(pk, text, len);
-}
-
-int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
-			      const void *payload, size_t len)
-{
-	if (pack_head(pk, IPC_VERSION_MISMATCH, 2) < 0 || pack_cstr(pk, version) < 0)
-		return -1;
-	return pack_bin(pk, payload, len);
-}
-
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, uint64_t seq, double answers,
-		     const void *payload, size_t len)
-{
-	if (pack_head(pk, IPC_WS_SEND, 4) < 0 || msgpack_pack_uint64(pk, conn) < 0 ||
-	    msgpack_pack_uint64(pk, seq) < 0 || pack_double(pk, answers) < 0)
-		return -1;
-	return pack_bin(pk, payload, len);
-}
-
-int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
-			 const void *body, size_t len)
-{
-	if (pack_head(pk, IPC_HTTP_ANSWER, 3) < 0 || msgpack_pack_uint64(pk, req) < 0 ||
-	    msgpack_pack_uint32(pk, status) < 0)
-		return -1;
-	if (body == NULL)
-		return msgpack_pack_nil(pk);
-	return pack_bin(pk, body, len);
-}
-
-int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code)
-{
-	if (pack_head(pk, IPC_WS_CLOSE, 2) < 0 ||
-	    msgpack_pack_uint64(pk, conn) < 0)
-		return -1;
-	return msgpack_pack_uint32(pk, code);
-}
-
-int ipc_pack_drain(msgpack_packer *pk)
-{
-	return pack_head(pk, IPC_DRAIN, 0);
-}
-
-int ipc_pack_config(msgpack_packer *pk, const char *config, size_t len)
-{
-	if (pack_head(pk, IPC_CONFIG, 1) < 0 || msgpack_pack_str(pk, len) < 0)
-		return -1;
-	return msgpack_pack_str_body(pk, config, len);
+	return pack_fields(pk, m);
 }
 
 /* ---- decoding: checked getters over the message's array ---- */
@@ -386,164 +330,123 @@ static int get_end(struct fields *f)
 	return 0;
 }
 
-static int decode_hello_worker(struct fields *f, struct ipc_msg *m)
+/* Each message's fields, as pack_fields() writes them. */
+static int decode_fields(struct fields *f, struct ipc_message *m)
 {
-	if (get_u32(f, &m->version) < 0 || get_u32(f, &m->slot) < 0 ||
-	    get_i64(f, &m->pid) < 0)
-		return -1;
-	return get_end(f);
+	switch (m->type) {
+	case IPC_HELLO_WORKER:
+		return get_u32(f, &m->hello_worker.version) < 0 ||
+		       get_u32(f, &m->hello_worker.slot) < 0 ||
+		       get_i64(f, &m->hello_worker.pid) < 0 ? -1 : 0;
+	case IPC_HELLO_SUPERVISOR:
+		return get_u32(f, &m->hello_supervisor.version) < 0 ||
+		       get_u32(f, &m->hello_supervisor.slot) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_STR, &m->hello_supervisor.config,
+				 &m->hello_supervisor.config_len) < 0 ? -1 : 0;
+	case IPC_WS_OPENED:
+	case IPC_WS_CLOSED:
+		return get_u64(f, UINT64_MAX, &m->ws_conn.conn);
+	case IPC_WS_PACKET: {
+		struct packet *p = &m->ws_packet.packet;
+		uint32_t type;
+
+		if (get_u64(f, UINT64_MAX, &m->ws_packet.conn) < 0 || get_u32(f, &type) < 0)
+			return -1;
+		p->type = type < PKT_TYPE_COUNT ? (enum packet_type)type : PKT_UNKNOWN;
+		return get_cstr(f, 1, &p->subject_id) < 0 ||
+		       get_cstr(f, 1, &p->status) < 0 ||
+		       get_cstr(f, 1, &p->request_id) < 0 ||
+		       get_double(f, &p->client_timestamp) < 0 ||
+		       get_double(f, &p->server_timestamp) < 0 ||
+		       get_double(f, &p->router_incoming_timestamp) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_BIN, &p->payload, &p->len) < 0 ? -1 : 0;
+	}
+	case IPC_WS_UNSENT:
+	case IPC_WS_SENT:
+		return get_u64(f, UINT64_MAX, &m->ws_written.conn) < 0 ||
+		       get_u64(f, UINT64_MAX, &m->ws_written.seq) < 0 ? -1 : 0;
+	case IPC_HTTP_REQUEST:
+		return get_u64(f, UINT64_MAX, &m->http_request.req) < 0 ||
+		       get_u32(f, &m->http_request.flags) < 0 ||
+		       get_cstr(f, 1, &m->http_request.agent_id) < 0 ||
+		       get_cstr(f, 1, &m->http_request.request_id) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_BIN, &m->http_request.packet,
+				 &m->http_request.len) < 0 ? -1 : 0;
+	case IPC_VERSION_MISMATCH:
+		return get_cstr(f, 0, &m->version_mismatch.version) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_BIN, &m->version_mismatch.packet,
+				 &m->version_mismatch.len) < 0 ? -1 : 0;
+	case IPC_UPLOAD_STORED:
+		return get_cstr(f, 0, &m->upload_stored.stored) < 0 ||
+		       get_cstr(f, 0, &m->upload_stored.original) < 0 ||
+		       get_cstr(f, 0, &m->upload_stored.field) < 0 ||
+		       get_cstr(f, 1, &m->upload_stored.agent_id) < 0 ||
+		       get_u64(f, INT64_MAX, &m->upload_stored.size) < 0 ||
+		       get_u64(f, UINT64_MAX, &m->upload_stored.dev) < 0 ||
+		       get_u64(f, UINT64_MAX, &m->upload_stored.ino) < 0 ? -1 : 0;
+	case IPC_DOWNLOAD_CHECK:
+		return get_u64(f, UINT64_MAX, &m->download_check.req) < 0 ||
+		       get_cstr(f, 0, &m->download_check.stored) < 0 ? -1 : 0;
+	case IPC_STATS: {
+		const char *data;
+		size_t len;
+
+		if (get_bytes(f, MSGPACK_OBJECT_BIN, &data, &len) < 0)
+			return -1;
+		if (len != sizeof m->stats)
+			return field_fail(f, "stats of the wrong size");
+		memcpy(&m->stats, data, len); /* aligned, and kept */
+		return 0;
+	}
+	case IPC_METRICS_REQUEST:
+		return get_u64(f, UINT64_MAX, &m->metrics_request.req);
+	case IPC_METRICS:
+		return get_u64(f, UINT64_MAX, &m->metrics.req) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_BIN, &m->metrics.text, &m->metrics.len) < 0 ? -1 : 0;
+	case IPC_WS_SEND:
+		return get_u64(f, UINT64_MAX, &m->ws_send.conn) < 0 ||
+		       get_u64(f, UINT64_MAX, &m->ws_send.seq) < 0 ||
+		       get_double(f, &m->ws_send.answers) < 0 ||
+		       get_bytes(f, MSGPACK_OBJECT_BIN, &m->ws_send.packet, &m->ws_send.len) < 0 ? -1 : 0;
+	case IPC_WS_CLOSE:
+		if (get_u64(f, UINT64_MAX, &m->ws_close.conn) < 0 ||
+		    get_u32(f, &m->ws_close.code) < 0)
+			return -1;
+		if (m->ws_close.code < 1000 || m->ws_close.code > 4999)
+			return field_fail(f, "close code out of range");
+		return 0;
+	case IPC_DRAIN:
+		return 0;
+	case IPC_CONFIG:
+		return get_bytes(f, MSGPACK_OBJECT_STR, &m->config.text, &m->config.len);
+	case IPC_HTTP_ANSWER:
+		if (get_u64(f, UINT64_MAX, &m->http_answer.req) < 0 ||
+		    get_u32(f, &m->http_answer.status) < 0 ||
+		    get_bin_or_nil(f, &m->http_answer.body, &m->http_answer.len) < 0)
+			return -1;
+		if (m->http_answer.status < 100 || m->http_answer.status > 599)
+			return field_fail(f, "HTTP status out of range");
+		return 0;
+	case IPC_DOWNLOAD_INFO: {
+		uint32_t found;
+
+		if (get_u64(f, UINT64_MAX, &m->download_info.req) < 0 || get_u32(f, &found) < 0)
+			return -1;
+		m->download_info.found = found != 0;
+		return get_u64(f, UINT64_MAX, &m->download_info.dev) < 0 ||
+		       get_u64(f, UINT64_MAX, &m->download_info.ino) < 0 ? -1 : 0;
+	}
+	}
+	return field_fail(f, "unknown message type");
 }
 
-static int decode_hello_supervisor(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u32(f, &m->version) < 0 || get_u32(f, &m->slot) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_STR, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_conn_only(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_ws_packet(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
-	    get_cstr(f, 1, &m->str1) < 0 || get_cstr(f, 1, &m->str2) < 0 ||
-	    get_cstr(f, 1, &m->str3) < 0 || get_double(f, &m->ts[0]) < 0 ||
-	    get_double(f, &m->ts[1]) < 0 || get_double(f, &m->ts[2]) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_conn_seq(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_http_request(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
-	    get_cstr(f, 1, &m->str1) < 0 || get_cstr(f, 1, &m->str2) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_upload_stored(struct fields *f, struct ipc_msg *m)
-{
-	const char *agent;
-	uint64_t size;
-
-	if (get_cstr(f, 0, &m->str1) < 0 || get_cstr(f, 0, &m->str2) < 0 ||
-	    get_cstr(f, 0, &m->str3) < 0 || get_cstr(f, 1, &agent) < 0 ||
-	    get_u64(f, INT64_MAX, &size) < 0 || get_u64(f, UINT64_MAX, &m->conn) < 0 ||
-	    get_u64(f, UINT64_MAX, &m->seq) < 0)
-		return -1;
-	m->data = agent;
-	m->len = agent ? strlen(agent) : 0;
-	m->pid = (int64_t)size;
-	return get_end(f);
-}
-
-static int decode_download_check(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_cstr(f, 0, &m->str1) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_download_info(struct fields *f, struct ipc_msg *m)
-{
-	uint64_t ino;
-
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
-	    get_u64(f, UINT64_MAX, &m->seq) < 0 || get_u64(f, UINT64_MAX, &ino) < 0)
-		return -1;
-	m->pid = (int64_t)ino;
-	return get_end(f);
-}
-
-static int decode_stats(struct fields *f, struct ipc_msg *m)
-{
-	if (get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	if (m->len != sizeof(struct worker_stats))
-		return field_fail(f, "stats of the wrong size");
-	return get_end(f);
-}
-
-static int decode_metrics(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_version_mismatch(struct fields *f, struct ipc_msg *m)
-{
-	if (get_cstr(f, 0, &m->str1) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_ws_send(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u64(f, UINT64_MAX, &m->seq) < 0 ||
-	    get_double(f, &m->ts[0]) < 0 ||
-	    get_bytes(f, MSGPACK_OBJECT_BIN, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_http_answer(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0 ||
-	    get_bin_or_nil(f, &m->data, &m->len) < 0)
-		return -1;
-	if (m->code < 100 || m->code > 599)
-		return field_fail(f, "HTTP status out of range");
-	return get_end(f);
-}
-
-static int decode_ws_close(struct fields *f, struct ipc_msg *m)
-{
-	if (get_u64(f, UINT64_MAX, &m->conn) < 0 || get_u32(f, &m->code) < 0)
-		return -1;
-	if (m->code < 1000 || m->code > 4999)
-		return field_fail(f, "close code out of range");
-	return get_end(f);
-}
-
-static int decode_config(struct fields *f, struct ipc_msg *m)
-{
-	if (get_bytes(f, MSGPACK_OBJECT_STR, &m->data, &m->len) < 0)
-		return -1;
-	return get_end(f);
-}
-
-static int decode_empty(struct fields *f, struct ipc_msg *m)
-{
-	(void)m;
-	return get_end(f);
-}
-
-int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
+int ipc_decode(const msgpack_object *obj, struct ipc_message *msg, char *err,
 	       size_t errlen)
 {
 	struct fields f = { .err = err, .errlen = errlen };
 	uint32_t type;
 
 	memset(msg, 0, sizeof *msg);
-	msg->ts[0] = msg->ts[1] = msg->ts[2] = NAN;
 	if (obj->type != MSGPACK_OBJECT_ARRAY || obj->via.array.size < 1) {
 		snprintf(err, errlen, "message is not a non-empty array");
 		return -1;
@@ -555,30 +458,13 @@ int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
 		return -1;
 	}
 	f.type = msg->type = (enum ipc_type)type;
-	switch (msg->type) {
-	case IPC_HELLO_WORKER: return decode_hello_worker(&f, msg);
-	case IPC_HELLO_SUPERVISOR: return decode_hello_supervisor(&f, msg);
-	case IPC_WS_OPENED:
-	case IPC_WS_CLOSED: return decode_conn_only(&f, msg);
-	case IPC_WS_PACKET: return decode_ws_packet(&f, msg);
-	case IPC_WS_UNSENT:
-	case IPC_WS_SENT: return decode_conn_seq(&f, msg);
-	case IPC_HTTP_REQUEST: return decode_http_request(&f, msg);
-	case IPC_VERSION_MISMATCH: return decode_version_mismatch(&f, msg);
-	case IPC_UPLOAD_STORED: return decode_upload_stored(&f, msg);
-	case IPC_DOWNLOAD_CHECK: return decode_download_check(&f, msg);
-	case IPC_DOWNLOAD_INFO: return decode_download_info(&f, msg);
-	case IPC_STATS: return decode_stats(&f, msg);
-	case IPC_METRICS_REQUEST: return decode_conn_only(&f, msg);
-	case IPC_METRICS: return decode_metrics(&f, msg);
-	case IPC_WS_SEND: return decode_ws_send(&f, msg);
-	case IPC_HTTP_ANSWER: return decode_http_answer(&f, msg);
-	case IPC_WS_CLOSE: return decode_ws_close(&f, msg);
-	case IPC_DRAIN: return decode_empty(&f, msg);
-	case IPC_CONFIG: return decode_config(&f, msg);
+	if (field_count(msg->type) < 0) {
+		snprintf(err, errlen, "unknown message type %u", type);
+		return -1;
 	}
-	snprintf(err, errlen, "unknown message type %u", type);
-	return -1;
+	if (decode_fields(&f, msg) < 0)
+		return -1;
+	return get_end(&f);
 }
 
 /* ---- the incremental reader ----
@@ -787,7 +673,24 @@ static int scan_message(struct ipc_reader *r, char *err, size_t errlen)
 	return 1;
 }
 
-int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
+/* The bytes a message carries besides IPC_MESSAGE_OVERHEAD. */
+size_t ipc_payload_len(const struct ipc_message *m)
+{
+	switch (m->type) {
+	case IPC_HELLO_SUPERVISOR: return m->hello_supervisor.config_len;
+	case IPC_WS_PACKET: return m->ws_packet.packet.len;
+	case IPC_HTTP_REQUEST: return m->http_request.len;
+	case IPC_VERSION_MISMATCH: return m->version_mismatch.len;
+	case IPC_STATS: return sizeof m->stats;
+	case IPC_METRICS: return m->metrics.len;
+	case IPC_WS_SEND: return m->ws_send.len;
+	case IPC_CONFIG: return m->config.len;
+	case IPC_HTTP_ANSWER: return m->http_answer.len;
+	default: return 0;
+	}
+}
+
+int ipc_reader_next(struct ipc_reader *r, struct ipc_message *msg, char *err,
 		    size_t errlen)
 {
 	msgpack_unpack_return ret;
@@ -807,9 +710,9 @@ int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		scan_reset(r);
 		if (ipc_decode(&r->result.data, msg, err, errlen) < 0)
 			return -1;
-		if (msg->len + IPC_MESSAGE_OVERHEAD > r->max_message) {
+		if (ipc_payload_len(msg) + IPC_MESSAGE_OVERHEAD > r->max_message) {
 			snprintf(err, errlen, "%s of %zu bytes exceeds the bound of %zu",
-				 ipc_type_name(msg->type), msg->len, r->max_message);
+				 ipc_type_name(msg->type), ipc_payload_len(msg), r->max_message);
 			return -1;
 		}
 		return 1;
@@ -829,20 +732,4 @@ int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
 		snprintf(err, errlen, "msgpack unpacker error %d", (int)ret);
 		return -1;
 	}
-}
-
-void ipc_write(struct bufferevent *bev, const void *data, size_t len)
-{
-	evutil_socket_t fd = bufferevent_getfd(bev);
-	ssize_t n = 0;
-
-	if (fd >= 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-		do
-			n = send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-		while (n < 0 && errno == EINTR);
-		if (n < 0)
-			n = 0; /* EAGAIN, or an error the bufferevent will report */
-	}
-	if ((size_t)n < len)
-		bufferevent_write(bev, (const char *)data + n, len - (size_t)n);
 }

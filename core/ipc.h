@@ -18,6 +18,8 @@
 #ifndef MR_IPC_H
 #define MR_IPC_H
 
+#include "packet.h"
+
 #include <msgpack.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,36 +82,6 @@ enum ipc_type {
 	IPC_METRICS = 206,       /* req, text: the answer to METRICS_REQUEST */
 };
 
-/* A decoded message. Pointers point into the reader's memory and stay
- * valid until the next ipc_reader_next() call. Strings travel with their
- * terminating NUL, so they are C strings here (NULL when nil); absent
- * numbers are NAN. */
-struct ipc_msg {
-	enum ipc_type type;
-	uint32_t version;
-	uint32_t slot;
-	int64_t pid;
-	uint64_t conn; /* or the HTTP request id */
-	uint32_t code; /* close code, HTTP status, packet type or request flags */
-	uint64_t seq;
-	const char *str1; /* subject_id, dest, agent_id or version */
-	const char *str2; /* status (update_status) or request_id */
-	const char *str3; /* request_id (agent_details) */
-	double ts[3]; /* client, server, router_incoming timestamps; WS_SEND:
-		       * ts[0] is `answers` (ipc_pack_ws_send) */
-	const char *data;
-	size_t len;
-};
-
-/* The routing fields of a packet on its way from a worker (WS_PACKET). */
-struct ipc_packet_fields {
-	uint32_t type;
-	const char *subject_id;
-	const char *status;
-	const char *request_id;
-	double client_timestamp, server_timestamp, router_incoming_timestamp;
-};
-
 const char *ipc_type_name(enum ipc_type type);
 
 /* The endpoints the request-time histograms are kept for. */
@@ -167,53 +139,80 @@ static inline void ipc_latency_count(uint64_t buckets[IPC_LATENCY_BUCKETS + 1],
 	*sum += seconds;
 }
 
-/* Encoders: each appends exactly one message to the packer. */
-int ipc_pack_hello_worker(msgpack_packer *pk, uint32_t slot, int64_t pid);
-int ipc_pack_hello_supervisor(msgpack_packer *pk, uint32_t slot,
-			      const char *config, size_t len);
-int ipc_pack_ws_opened(msgpack_packer *pk, uint64_t conn);
-int ipc_pack_ws_closed(msgpack_packer *pk, uint64_t conn);
-int ipc_pack_ws_packet(msgpack_packer *pk, uint64_t conn,
-		       const struct ipc_packet_fields *f, const void *payload,
-		       size_t len);
-int ipc_pack_ws_unsent(msgpack_packer *pk, uint64_t conn, uint64_t seq);
-int ipc_pack_ws_sent(msgpack_packer *pk, uint64_t conn, uint64_t seq);
-int ipc_pack_http_request(msgpack_packer *pk, uint64_t req, uint32_t flags,
-			  const char *agent_id, const char *request_id,
-			  const void *payload, size_t len);
-int ipc_pack_version_mismatch(msgpack_packer *pk, const char *version,
-			      const void *payload, size_t len);
-/* answers: for a heartbeat's answer, the heartbeat's
- * router_incoming_timestamp (the worker times the answer from it), else 0. */
-int ipc_pack_ws_send(msgpack_packer *pk, uint64_t conn, uint64_t seq, double answers,
-		     const void *payload, size_t len);
-int ipc_pack_http_answer(msgpack_packer *pk, uint64_t req, uint32_t status,
-			 const void *body, size_t len);
-int ipc_pack_ws_close(msgpack_packer *pk, uint64_t conn, uint32_t code);
-/* An upload was stored (a file of the router's own, recorded so that
- * download_file serves that file and nothing else): str1 stored name,
- * str2 original name, str3 form field, data agent id (or nil), pid size,
- * conn device, seq inode. */
-int ipc_pack_upload_stored(msgpack_packer *pk, const char *stored, const char *original,
-			   const char *field, const char *agent, uint64_t size,
-			   uint64_t dev, uint64_t ino);
-/* conn request id, str1 stored name. */
-int ipc_pack_download_check(msgpack_packer *pk, uint64_t req, const char *stored);
-/* data, len: the struct worker_stats. */
-int ipc_pack_stats(msgpack_packer *pk, const struct worker_stats *stats);
-/* conn request id. */
-int ipc_pack_metrics_request(msgpack_packer *pk, uint64_t req);
-/* conn request id, data/len the text. */
-int ipc_pack_metrics(msgpack_packer *pk, uint64_t req, const char *text, size_t len);
-/* conn request id, code 1 when recorded, seq device, pid inode. */
-int ipc_pack_download_info(msgpack_packer *pk, uint64_t req, int found, uint64_t dev,
-			   uint64_t ino);
-int ipc_pack_drain(msgpack_packer *pk);
-int ipc_pack_config(msgpack_packer *pk, const char *config, size_t len);
+/* One message, typed: `type` says which member of the union holds its
+ * fields, each named as where it comes from and goes (a WebSocket packet
+ * is the struct packet route.c routes). Strings travel with their NUL, so
+ * they are C strings here (NULL when nil); absent numbers are NAN.
+ *
+ * Decoded, its pointers point into the reader's memory: valid until the
+ * next ipc_reader_next() or ipc_reader_buffer() call, and a peer (peer.h)
+ * hands a message over for the length of one call; what is kept is copied. */
+struct ipc_message {
+	enum ipc_type type;
+	union {
+		struct { uint32_t version, slot; int64_t pid; } hello_worker;
+		struct {
+			uint32_t version, slot;
+			const char *config; /* the effective config, as text */
+			size_t config_len;
+		} hello_supervisor;
+		struct { uint64_t conn; } ws_conn; /* WS_OPENED, WS_CLOSED */
+		struct { uint64_t conn; struct packet packet; } ws_packet;
+		/* WS_SENT: every WS_SEND on conn up to seq is written;
+		 * WS_UNSENT: conn could not take WS_SEND seq */
+		struct { uint64_t conn, seq; } ws_written;
+		struct {
+			uint64_t req;
+			uint32_t flags; /* ROUTE_HTTP_* */
+			const char *agent_id, *request_id;
+			const char *packet; /* the packet the request became */
+			size_t len;
+		} http_request;
+		struct {
+			const char *version;
+			const char *packet; /* the log_error packet to forward */
+			size_t len;
+		} version_mismatch;
+		struct {
+			const char *stored, *original, *field, *agent_id;
+			uint64_t size, dev, ino;
+		} upload_stored;
+		struct { uint64_t req; const char *stored; } download_check;
+		struct worker_stats stats;
+		struct { uint64_t req; } metrics_request;
+		struct {
+			uint64_t conn, seq;
+			/* a heartbeat's answer: the heartbeat's
+			 * router_incoming_timestamp (the worker times the
+			 * answer from it); else 0 */
+			double answers;
+			const char *packet;
+			size_t len;
+		} ws_send;
+		struct { uint64_t conn; uint32_t code; } ws_close;
+		struct { const char *text; size_t len; } config;
+		struct {
+			uint64_t req;
+			uint32_t status;
+			const char *body; /* NULL: none */
+			size_t len;
+		} http_answer;
+		struct { uint64_t req; int found; uint64_t dev, ino; } download_info;
+		struct { uint64_t req; const char *text; size_t len; } metrics;
+	};
+};
+
+/* Append one message to the packer (the version of a hello is this
+ * side's, whatever the message says). Returns 0, or -1 (out of memory). */
+int ipc_pack(msgpack_packer *pk, const struct ipc_message *m);
+
+/* The bytes a message carries besides IPC_MESSAGE_OVERHEAD (its packet,
+ * body, text or config). */
+size_t ipc_payload_len(const struct ipc_message *m);
 
 /* Decode one msgpack value into a message. Returns 0, or -1 with the
  * reason in err. */
-int ipc_decode(const msgpack_object *obj, struct ipc_msg *msg, char *err,
+int ipc_decode(const msgpack_object *obj, struct ipc_message *msg, char *err,
 	       size_t errlen);
 
 /* Incremental reader over a byte stream, bounded by max_message bytes per
@@ -231,14 +230,7 @@ void ipc_reader_set_max(struct ipc_reader *r, size_t max_message);
 void ipc_reader_raise_max(struct ipc_reader *r, size_t max_message);
 char *ipc_reader_buffer(struct ipc_reader *r, size_t want);
 void ipc_reader_consumed(struct ipc_reader *r, size_t n);
-int ipc_reader_next(struct ipc_reader *r, struct ipc_msg *msg, char *err,
+int ipc_reader_next(struct ipc_reader *r, struct ipc_message *msg, char *err,
 		    size_t errlen);
-
-/* Hand len bytes of IPC output to bev: written to the socket at once when
- * nothing is waiting in bev (what the socket does not take, and anything
- * after an error, goes through bev as usual). Saves the loop turn and the
- * two epoll_ctl() calls a bufferevent spends per write. */
-struct bufferevent;
-void ipc_write(struct bufferevent *bev, const void *data, size_t len);
 
 #endif

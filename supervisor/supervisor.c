@@ -5,15 +5,17 @@
  * SIGTERM/SIGINT.
  *
  * Listen sharing: one socket bound here before forking, inherited by every
- * worker, each accepting from it with an evconnlistener. Unlike one
+ * worker, each accepting from it on a read event (worker.c accept_cb). Unlike one
  * SO_REUSEPORT socket per worker, connections waiting in the accept queue
  * are never lost when a worker is retired (a closed SO_REUSEPORT socket
  * resets the connections queued on it), and new workers need nothing new
  * bound. README.md "Design decisions" has the measurement. */
 #include "supervisor.h"
 
+#include "../core/clock.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/peer.h"
 #include "../core/route.h"
 #include "store.h"
 #include "metrics.h"
@@ -51,16 +53,13 @@ struct worker {
 	struct supervisor *sup;
 	int slot; /* 1-based */
 	pid_t pid; /* 0: not running */
-	struct bufferevent *bev;
-	msgpack_sbuffer out; /* IPC packed this loop turn, written by flush_cb */
-	struct ipc_reader *reader;
+	struct peer *peer; /* its IPC; NULL once gone */
 	int ready; /* its hello arrived */
 	int retiring; /* told to drain; not to be respawned */
 	int broken;   /* its IPC stream is not to be read any more */
 	int dropping; /* worker_drop_ipc() is running */
 	int crashes; /* consecutive short-lived deaths */
 	double started; /* monotonic seconds */
-	double drained_at; /* monotonic: its IPC output last shrank (or was empty) */
 	struct worker_stats stats; /* its last STATS */
 	int has_stats;
 	struct event *respawn_timer;
@@ -87,29 +86,11 @@ struct supervisor {
 	struct event *commit; /* hands the staged state changes to the writer */
 	struct event *committed; /* the writer finished a batch */
 	uint64_t commit_epoch; /* route_change_epoch() of the batch being written */
-	struct event *flush;  /* hands the IPC packed this turn to the workers */
 	struct event *kill_timer;
 	int shutting_down;
-	int defer_dispatch; /* a worker's last words are being read */
 	int notified_ready;
 	int exit_code;
 };
-
-static double now_monotonic(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double now_epoch(void)
-{
-	struct timeval tv;
-
-	gettimeofday(&tv, NULL);
-	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
 
 static struct route_config route_config_of(const struct config *c)
 {
@@ -166,9 +147,9 @@ static void tell_systemd_status(struct supervisor *sup)
 {
 	char text[160];
 
-	if (now_monotonic() - sup->status_at < 1.0 || getenv("NOTIFY_SOCKET") == NULL)
+	if (clock_monotonic() - sup->status_at < 1.0 || getenv("NOTIFY_SOCKET") == NULL)
 		return;
-	sup->status_at = now_monotonic();
+	sup->status_at = clock_monotonic();
 	snprintf(text, sizeof text, "STATUS=%d of %d workers, %zu agents (%zu attached), "
 		 "backend %s, %zu packets queued for it", running_workers(sup),
 		 config_worker_count(&sup->cfg), route_agent_count(sup->route),
@@ -253,78 +234,42 @@ static int running_workers(const struct supervisor *sup)
 	return n;
 }
 
-/* IPC to a worker is packed into its buffer and handed to its bufferevent
- * once per loop turn (flush_cb): one evbuffer_add per worker per turn
- * instead of one per msgpack field. */
-static msgpack_packer worker_packer(struct worker *w)
-{
-	msgpack_packer pk;
-
-	msgpack_packer_init(&pk, &w->out, msgpack_sbuffer_write);
-	event_active(w->sup->flush, EV_TIMEOUT, 0);
-	return pk;
-}
-
-static void flush_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct supervisor *sup = arg;
-
-	(void)fd;
-	(void)what;
-	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
-		struct worker *w = &sup->workers[i];
-		if (w->out.size == 0)
-			continue;
-		if (w->bev != NULL)
-			ipc_write(w->bev, w->out.data, w->out.size);
-		msgpack_sbuffer_clear(&w->out);
-	}
-}
-
-static void worker_drop_ipc(struct worker *w);
-
-static void worker_read_cb(struct bufferevent *bev, void *arg);
+static void worker_message(struct peer *p, const struct ipc_message *m, void *arg);
+static void worker_ended(struct peer *p, const char *why, int malformed, void *arg);
 static void dispatch_actions(struct supervisor *sup);
 
-static void worker_drop_ipc(struct worker *w)
+/* w's IPC is there to take messages (not gone, not being dropped). */
+static int worker_reachable(const struct worker *w)
 {
-	if (w->dropping)
-		return; /* called again from its last words: the outer call ends it */
-	if (w->bev != NULL) {
-		w->dropping = 1;
-		if (!w->broken) {
-			/* What the worker wrote before it went (packets, closes,
-			 * packets it could not deliver) is still routed: read the
-			 * socket to its end first. The resulting actions wait until
-			 * its connections are gone, so nothing is sent to them. */
-			struct evbuffer *in = bufferevent_get_input(w->bev);
-			w->sup->defer_dispatch++;
-			while (evbuffer_read(in, bufferevent_getfd(w->bev), 65536) > 0)
-				;
-			worker_read_cb(w->bev, w);
-			w->sup->defer_dispatch--;
-		}
-		bufferevent_free(w->bev);
-		w->bev = NULL;
-		msgpack_sbuffer_clear(&w->out);
-		w->dropping = 0;
-		/* Its connections and waiting requests are gone with it. */
-		route_worker_gone(w->sup->route, (uint32_t)w->slot, now_epoch());
-		dispatch_actions(w->sup);
-	}
-	ipc_reader_free(w->reader);
-	w->reader = NULL;
+	return w->peer != NULL && !w->dropping;
 }
 
-/* The worker read some of its IPC (libevent wrote it to the socket). */
-static void worker_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
-			     void *arg)
+/* One message to w, written at the end of the loop turn (its peer's
+ * flush); nothing when its IPC is gone. */
+static void worker_send(struct worker *w, const struct ipc_message *m)
 {
-	struct worker *w = arg;
+	if (worker_reachable(w))
+		peer_send(w->peer, m);
+}
 
-	(void)buf;
-	if (info->n_deleted > 0)
-		w->drained_at = now_monotonic();
+/* A worker's IPC is gone (it died, or is being restarted). What it wrote
+ * before it went (packets, closes, packets it could not deliver) is still
+ * routed: its socket is read to its end first, each message handled and
+ * its actions sent (those for its own connections are dropped: `dropping`;
+ * route_worker_gone() puts their packets back in their queues). */
+static void worker_drop_ipc(struct worker *w)
+{
+	if (w->dropping || w->peer == NULL)
+		return; /* called again from its last words: the outer call ends it */
+	w->dropping = 1;
+	if (!w->broken)
+		peer_read_to_end(w->peer);
+	peer_free(w->peer);
+	w->peer = NULL;
+	w->dropping = 0;
+	/* Its connections and waiting requests are gone with it. */
+	route_worker_gone(w->sup->route, (uint32_t)w->slot, clock_epoch());
+	dispatch_actions(w->sup);
 }
 
 /* What the supervisor holds for one worker is bounded: a worker that has
@@ -333,21 +278,18 @@ static void worker_output_cb(struct evbuffer *buf, const struct evbuffer_cb_info
  * wait in their queues for their next connections. */
 static void workers_check_draining(struct supervisor *sup)
 {
-	double now = now_monotonic();
+	double now = clock_monotonic();
 	size_t bound = 4 * (size_t)sup->cfg.ipc_buffer_bytes;
 
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
 		struct worker *w = &sup->workers[i];
 		size_t held;
 
-		if (w->bev == NULL || w->pid == 0)
+		if (w->peer == NULL || w->pid == 0)
 			continue;
-		held = evbuffer_get_length(bufferevent_get_output(w->bev));
-		if (held == 0) {
-			w->drained_at = now;
-			continue;
-		}
-		if (held <= bound && now - w->drained_at < sup->cfg.ipc_stall_timeout)
+		held = peer_unwritten(w->peer);
+		if (held == 0 || (held <= bound && now - peer_last_progress(w->peer) <
+							  sup->cfg.ipc_stall_timeout))
 			continue;
 		log_error("worker %d (pid %d): %zu bytes of IPC unread%s; restarting it",
 			  w->slot, (int)w->pid, held,
@@ -366,6 +308,8 @@ static void worker_broken(struct worker *w, const char *why)
 		  (int)w->pid, why);
 	w->sup->restarts_broken_ipc++;
 	w->broken = 1;
+	if (w->peer != NULL)
+		peer_stop(w->peer);
 	worker_drop_ipc(w);
 	if (w->pid > 0)
 		kill(w->pid, SIGKILL);
@@ -394,8 +338,6 @@ static void dispatch_actions(struct supervisor *sup)
 	size_t n = route_actions(sup->route, &a);
 	size_t nchanges = route_changes(sup->route, &changes);
 
-	if (sup->defer_dispatch)
-		return;
 	/* State changes are written once per loop turn (commit_cb), before
 	 * libevent gets to write the IPC produced in this turn. */
 	if (nchanges > 0) {
@@ -408,18 +350,27 @@ static void dispatch_actions(struct supervisor *sup)
 	for (size_t i = 0; i < n; i++) {
 		struct worker *w = a[i].worker >= 1 && a[i].worker <= CONFIG_MAX_WORKERS
 					   ? &sup->workers[a[i].worker] : NULL;
-		msgpack_packer pk;
+		struct ipc_message m;
 
 		/* Its worker died in this very turn: route_worker_gone() has
 		 * (or will have) put its packets back in their queues. */
-		if (w == NULL || w->bev == NULL)
+		if (w == NULL || !worker_reachable(w))
 			continue;
-		pk = worker_packer(w);
-		if (a[i].kind == ROUTE_SEND)
-			ipc_pack_ws_send(&pk, a[i].id, a[i].seq, a[i].answers, a[i].data,
-					 a[i].len);
-		else
-			ipc_pack_http_answer(&pk, a[i].id, a[i].status, a[i].data, a[i].len);
+		if (a[i].kind == ROUTE_SEND) {
+			m.type = IPC_WS_SEND;
+			m.ws_send.conn = a[i].id;
+			m.ws_send.seq = a[i].seq;
+			m.ws_send.answers = a[i].answers;
+			m.ws_send.packet = a[i].data;
+			m.ws_send.len = a[i].len;
+		} else {
+			m.type = IPC_HTTP_ANSWER;
+			m.http_answer.req = a[i].id;
+			m.http_answer.status = a[i].status;
+			m.http_answer.body = a[i].data;
+			m.http_answer.len = a[i].len;
+		}
+		peer_send(w->peer, &m);
 	}
 	route_clear_actions(sup->route);
 }
@@ -433,7 +384,7 @@ static char *render_metrics(struct supervisor *sup, size_t *len)
 		.restarts_stalled = sup->restarts_stalled,
 		.restarts_broken_ipc = sup->restarts_broken_ipc,
 		.uploads = uploads_count(sup->uploads), .started = sup->started_epoch,
-		.now = now_epoch(), .workers_configured = config_worker_count(&sup->cfg),
+		.now = clock_epoch(), .workers_configured = config_worker_count(&sup->cfg),
 	};
 
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
@@ -456,36 +407,28 @@ static void commit_soon(struct supervisor *sup)
 		event_active(sup->commit, EV_TIMEOUT, 0);
 }
 
-static void worker_packet(struct worker *w, const struct ipc_msg *m)
+static void worker_packet(struct worker *w, uint64_t conn, const struct packet *p)
 {
-	struct packet p = {
-		.type = (enum packet_type)(m->code < PKT_TYPE_COUNT ? m->code : PKT_UNKNOWN),
-		.subject_id = m->str1,
-		.status = m->str2,
-		.request_id = m->str3,
-		.client_timestamp = m->ts[0],
-		.server_timestamp = m->ts[1],
-		.router_incoming_timestamp = m->ts[2],
-		.payload = m->data,
-		.len = m->len,
-	};
-
 	log_debug("worker %d: ws frame conn %llu: %s for %s (%zu bytes)", w->slot,
-		  (unsigned long long)m->conn, packet_type_name(p.type),
-		  p.subject_id ? p.subject_id : "-", m->len);
-	route_ws_packet(w->sup->route, (uint32_t)w->slot, m->conn, &p, now_epoch());
+		  (unsigned long long)conn, packet_type_name(p->type),
+		  p->subject_id ? p->subject_id : "-", p->len);
+	route_ws_packet(w->sup->route, (uint32_t)w->slot, conn, p, clock_epoch());
 }
 
-static void worker_handle(struct worker *w, const struct ipc_msg *m)
+/* One message from a worker (its peer checked the hello's version). Its
+ * pointers are valid during this call only (core/peer.h): the actions
+ * route.c made of it are sent before it returns. */
+static void worker_message(struct peer *p, const struct ipc_message *m, void *arg)
 {
+	struct worker *w = arg;
 	struct supervisor *sup = w->sup;
 
+	(void)p;
 	switch (m->type) {
 	case IPC_HELLO_WORKER:
-		if (m->version != IPC_PROTOCOL_VERSION || m->slot != (uint32_t)w->slot) {
+		if (m->hello_worker.slot != (uint32_t)w->slot) {
 			char why[96];
-			snprintf(why, sizeof why, "hello with version %u slot %u",
-				 m->version, m->slot);
+			snprintf(why, sizeof why, "hello for slot %u", m->hello_worker.slot);
 			worker_broken(w, why);
 			return;
 		}
@@ -495,34 +438,45 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 		return;
 	case IPC_WS_OPENED:
 		log_debug("worker %d: ws open conn %llu", w->slot,
-			  (unsigned long long)m->conn);
+			  (unsigned long long)m->ws_conn.conn);
 		return;
 	case IPC_WS_CLOSED:
 		log_debug("worker %d: ws close conn %llu", w->slot,
-			  (unsigned long long)m->conn);
-		route_ws_closed(sup->route, (uint32_t)w->slot, m->conn, now_epoch());
+			  (unsigned long long)m->ws_conn.conn);
+		route_ws_closed(sup->route, (uint32_t)w->slot, m->ws_conn.conn, clock_epoch());
 		break;
 	case IPC_WS_PACKET:
-		worker_packet(w, m);
+		worker_packet(w, m->ws_packet.conn, &m->ws_packet.packet);
 		break;
 	case IPC_WS_UNSENT:
-		route_unsent(sup->route, (uint32_t)w->slot, m->conn, m->seq, now_epoch());
+		route_unsent(sup->route, (uint32_t)w->slot, m->ws_written.conn, m->ws_written.seq,
+			     clock_epoch());
 		break;
 	case IPC_WS_SENT:
-		route_ws_sent(sup->route, (uint32_t)w->slot, m->conn, m->seq);
+		route_ws_sent(sup->route, (uint32_t)w->slot, m->ws_written.conn,
+			      m->ws_written.seq);
 		break;
 	case IPC_HTTP_REQUEST:
-		route_http_request(sup->route, (uint32_t)w->slot, m->conn, m->code,
-				   m->str1, m->str2, m->data, m->len, now_epoch());
+		route_http_request(sup->route, (uint32_t)w->slot, m->http_request.req,
+				   m->http_request.flags, m->http_request.agent_id,
+				   m->http_request.request_id, m->http_request.packet,
+				   m->http_request.len, clock_epoch());
 		break;
 	case IPC_VERSION_MISMATCH:
-		route_version_mismatch(sup->route, m->str1, m->data, m->len, now_epoch());
+		route_version_mismatch(sup->route, m->version_mismatch.version,
+				       m->version_mismatch.packet, m->version_mismatch.len,
+				       clock_epoch());
 		break;
 	case IPC_UPLOAD_STORED: {
 		struct upload_record r = {
-			.stored = m->str1, .original = m->str2, .field = m->str3,
-			.agent = m->data, .size = (uint64_t)m->pid, .dev = m->conn,
-			.ino = m->seq, .created = now_epoch(),
+			.stored = m->upload_stored.stored,
+			.original = m->upload_stored.original,
+			.field = m->upload_stored.field,
+			.agent = m->upload_stored.agent_id,
+			.size = m->upload_stored.size,
+			.dev = m->upload_stored.dev,
+			.ino = m->upload_stored.ino,
+			.created = clock_epoch(),
 		};
 		/* before the submission that names it: committed with it */
 		uploads_add(sup->uploads, &r);
@@ -530,24 +484,28 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 		return;
 	}
 	case IPC_STATS:
-		memcpy(&w->stats, m->data, sizeof w->stats);
+		w->stats = m->stats;
 		w->has_stats = 1;
 		return;
 	case IPC_METRICS_REQUEST: {
-		msgpack_packer pk = worker_packer(w);
-		size_t len;
-		char *text = render_metrics(sup, &len);
+		struct ipc_message answer = { .type = IPC_METRICS };
 
-		ipc_pack_metrics(&pk, m->conn, text, len);
-		free(text);
+		if (!worker_reachable(w))
+			return;
+		answer.metrics.req = m->metrics_request.req;
+		answer.metrics.text = render_metrics(sup, &answer.metrics.len);
+		worker_send(w, &answer);
+		free((char *)answer.metrics.text);
 		return;
 	}
 	case IPC_DOWNLOAD_CHECK: {
-		uint64_t dev = 0, ino = 0;
-		int found = uploads_find(sup->uploads, m->str1, &dev, &ino);
-		msgpack_packer pk = worker_packer(w);
+		struct ipc_message answer = { .type = IPC_DOWNLOAD_INFO };
 
-		ipc_pack_download_info(&pk, m->conn, found, dev, ino);
+		answer.download_info.req = m->download_check.req;
+		answer.download_info.found =
+			uploads_find(sup->uploads, m->download_check.stored,
+				     &answer.download_info.dev, &answer.download_info.ino);
+		worker_send(w, &answer);
 		return;
 	}
 	default:
@@ -557,68 +515,40 @@ static void worker_handle(struct worker *w, const struct ipc_msg *m)
 	dispatch_actions(sup);
 }
 
-static void worker_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct worker *w = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t len;
-
-	while ((len = evbuffer_get_length(in)) > 0) {
-		struct ipc_msg m;
-		char err[256];
-		int rc;
-		size_t chunk = len > 65536 ? 65536 : len;
-
-		evbuffer_remove(in, ipc_reader_buffer(w->reader, chunk), chunk);
-		ipc_reader_consumed(w->reader, chunk);
-		while ((rc = ipc_reader_next(w->reader, &m, err, sizeof err)) > 0) {
-			if (!w->ready && m.type != IPC_HELLO_WORKER) {
-				worker_broken(w, "message before hello");
-				return;
-			}
-			worker_handle(w, &m);
-			if (w->bev == NULL || w->broken)
-				return;
-		}
-		if (rc < 0) {
-			worker_broken(w, err);
-			return;
-		}
-	}
-}
-
-static void worker_event_cb(struct bufferevent *bev, short what, void *arg)
+static void worker_ended(struct peer *p, const char *why, int malformed, void *arg)
 {
 	struct worker *w = arg;
 
-	(void)bev;
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		/* The process itself is reaped by SIGCHLD. */
-		log_debug("worker %d: IPC closed", w->slot);
-		worker_drop_ipc(w);
+	(void)p;
+	if (malformed) {
+		worker_broken(w, why);
+		return;
 	}
+	/* The process itself is reaped by SIGCHLD. */
+	log_debug("worker %d: IPC %s", w->slot, why);
+	worker_drop_ipc(w);
 }
 
 static void worker_send_hello(struct supervisor *sup, struct worker *w)
 {
+	struct ipc_message hello = { .type = IPC_HELLO_SUPERVISOR };
 	char *text = config_format(&sup->cfg);
-	msgpack_packer pk = worker_packer(w);
 
-	ipc_pack_hello_supervisor(&pk, (uint32_t)w->slot, text, strlen(text));
+	hello.hello_supervisor.slot = (uint32_t)w->slot;
+	hello.hello_supervisor.config = text;
+	hello.hello_supervisor.config_len = strlen(text);
+	worker_send(w, &hello);
 	free(text);
 }
 
 static void worker_drain(struct worker *w)
 {
-	msgpack_packer pk;
-
 	w->retiring = 1;
-	if (w->bev == NULL) {
+	if (!worker_reachable(w)) {
 		kill(w->pid, SIGTERM);
 		return;
 	}
-	pk = worker_packer(w);
-	ipc_pack_drain(&pk);
+	worker_send(w, &(struct ipc_message){ .type = IPC_DRAIN });
 }
 
 /* In the child between fork and exec: only async-signal-safe calls. */
@@ -675,14 +605,22 @@ static void worker_spawn(struct supervisor *sup, int slot)
 	w->ready = 0;
 	w->retiring = 0;
 	w->broken = 0;
-	w->started = now_monotonic();
-	w->reader = ipc_reader_new(ipc_max_message(sup->cfg.max_message_bytes,
-						   sup->cfg.backend_max_frame_bytes));
-	w->bev = bufferevent_socket_new(sup->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(w->bev, worker_read_cb, NULL, worker_event_cb, w);
-	w->drained_at = w->started;
-	evbuffer_add_cb(bufferevent_get_output(w->bev), worker_output_cb, w);
-	bufferevent_enable(w->bev, EV_READ | EV_WRITE);
+	w->started = clock_monotonic();
+	{
+		/* Written at the end of each loop turn: one write per worker
+		 * per turn instead of one per message. */
+		const struct peer_options o = {
+			.max_message = ipc_max_message(sup->cfg.max_message_bytes,
+						       sup->cfg.backend_max_frame_bytes),
+			.hello = IPC_HELLO_WORKER,
+			.flush_priority = -1,
+		};
+		static const struct peer_callbacks cb = {
+			.message = worker_message, .ended = worker_ended,
+		};
+
+		w->peer = peer_new(sup->base, sv[0], &o, &cb, w);
+	}
 	worker_send_hello(sup, w);
 	log_info("worker %d started (pid %d)", slot, (int)pid);
 }
@@ -712,7 +650,7 @@ static void describe_status(int status, char *out, size_t len)
 static void worker_exited(struct supervisor *sup, struct worker *w, int status)
 {
 	char how[96];
-	double uptime = now_monotonic() - w->started, delay;
+	double uptime = clock_monotonic() - w->started, delay;
 	int was_retiring = w->retiring;
 
 	describe_status(status, how, sizeof how);
@@ -825,14 +763,13 @@ static void reload(struct supervisor *sup)
 	text = config_format(&sup->cfg);
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++) {
 		struct worker *w = &sup->workers[i];
-		if (w->reader != NULL) /* backend_max_frame_bytes may have grown */
-			ipc_reader_raise_max(w->reader,
-					   ipc_max_message(sup->cfg.max_message_bytes,
-							   sup->cfg.backend_max_frame_bytes));
-		if (w->bev != NULL && !w->retiring) {
-			msgpack_packer pk = worker_packer(w);
-			ipc_pack_config(&pk, text, strlen(text));
-		}
+		if (w->peer != NULL) /* backend_max_frame_bytes may have grown */
+			peer_raise_max(w->peer, ipc_max_message(sup->cfg.max_message_bytes,
+								sup->cfg.backend_max_frame_bytes));
+		if (w->peer != NULL && !w->retiring)
+			worker_send(w, &(struct ipc_message){
+					       .type = IPC_CONFIG,
+					       .config = { text, strlen(text) } });
 	}
 	free(text);
 	workers_resize(sup);
@@ -843,7 +780,6 @@ static void reload(struct supervisor *sup)
 static void reload_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct supervisor *sup = arg;
-	struct timespec ts;
 	char text[64];
 
 	(void)sig;
@@ -854,9 +790,7 @@ static void reload_cb(evutil_socket_t sig, short what, void *arg)
 		log_warn("SIGHUP: started without --config, nothing to re-read");
 		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	snprintf(text, sizeof text, "RELOADING=1\nMONOTONIC_USEC=%llu",
-		 (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	snprintf(text, sizeof text, "RELOADING=1\nMONOTONIC_USEC=%.0f", clock_monotonic() * 1e6);
 	notify_systemd(text);
 	reload(sup);
 	notify_systemd("READY=1");
@@ -917,7 +851,7 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (store_commit_begin(sup->store, sup->route, now_epoch()))
+	if (store_commit_begin(sup->store, sup->route, clock_epoch()))
 		sup->commit_epoch = epoch;
 }
 
@@ -948,15 +882,15 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	route_tick(sup->route, now_epoch());
+	route_tick(sup->route, clock_epoch());
 	dispatch_actions(sup);
 	workers_check_draining(sup);
 	tell_systemd_status(sup);
 	if (sup->cfg.upload_retention > 0 &&
-	    now_monotonic() - sup->uploads_swept >= fmin(60, sup->cfg.upload_retention)) {
-		sup->uploads_swept = now_monotonic();
+	    clock_monotonic() - sup->uploads_swept >= fmin(60, sup->cfg.upload_retention)) {
+		sup->uploads_swept = clock_monotonic();
 		if (uploads_expire(sup->uploads, sup->cfg.upload_dir,
-				   sup->cfg.upload_retention, now_epoch()) > 0)
+				   sup->cfg.upload_retention, clock_epoch()) > 0)
 			commit_soon(sup);
 	}
 }
@@ -992,7 +926,7 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		fprintf(stderr, "mephisto-router: %s\n", err);
 		return EXIT_CONFIG;
 	}
-	sup.started_epoch = now_epoch();
+	sup.started_epoch = clock_epoch();
 	sup.listen_fd = listen_open(cfg, err, sizeof err);
 	if (sup.listen_fd < 0) {
 		fprintf(stderr, "mephisto-router: %s\n", err);
@@ -1018,14 +952,13 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		struct route_config rc = route_config_of(cfg);
 		struct timeval tv = seconds_tv(TICK_SECONDS);
 		size_t agents, packets;
-		double started = now_monotonic();
+		double started = clock_monotonic();
 
-		sup.route = route_new(&rc, now_epoch());
+		sup.route = route_new(&rc, clock_epoch());
 		sup.tick = event_new(sup.base, -1, EV_PERSIST, tick_cb, &sup);
 		event_add(sup.tick, &tv);
 		sup.commit = evtimer_new(sup.base, commit_cb, &sup);
-		sup.flush = evtimer_new(sup.base, flush_cb, &sup);
-		if (store_load(sup.store, sup.route, now_epoch(), &agents, &packets, err,
+		if (store_load(sup.store, sup.route, clock_epoch(), &agents, &packets, err,
 			       sizeof err) < 0) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
 			sup.exit_code = EXIT_CONFIG;
@@ -1034,7 +967,7 @@ int supervisor_main(const struct config *cfg, const char *config_path,
 		if (agents || packets)
 			log_info("recovered %zu agents and %zu queued packets from %s in "
 				 "%.0f ms", agents, packets, cfg->state_path,
-				 (now_monotonic() - started) * 1000);
+				 (clock_monotonic() - started) * 1000);
 		sup.uploads = uploads_new(sup.store, err, sizeof err);
 		if (sup.uploads == NULL) {
 			fprintf(stderr, "mephisto-router: %s\n", err);
@@ -1099,17 +1032,16 @@ stop:
 	{
 		char when[32];
 
-		snprintf(when, sizeof when, "%.3f", now_epoch());
+		snprintf(when, sizeof when, "%.3f", clock_epoch());
 		store_stage_meta(sup.store, "stopped_at", when);
 	}
-	if (store_commit(sup.store, sup.route, now_epoch()) < 0)
+	if (store_commit(sup.store, sup.route, clock_epoch()) < 0)
 		log_error("state database: the last changes could not be written");
 	event_free(sup.commit);
 	if (sup.committed != NULL)
 		event_free(sup.committed);
-	event_free(sup.flush);
 	for (int i = 1; i <= CONFIG_MAX_WORKERS; i++)
-		msgpack_sbuffer_destroy(&sup.workers[i].out);
+		peer_free(sup.workers[i].peer);
 	route_free(sup.route);
 	uploads_free(sup.uploads);
 	if (sup.kill_timer != NULL)

@@ -50,8 +50,8 @@ static int answer_metrics(struct lws *wsi, struct session *s, const char *rest)
 	uint64_t id = http_pending_add(wsi, http_req_get(s));
 
 	(void)rest;
-	ipc_pack_metrics_request(worker_ipc_packer(), id);
-	worker_ipc_check();
+	worker_send(&(struct ipc_message){ .type = IPC_METRICS_REQUEST,
+					   .metrics_request = { .req = id } });
 	return 0;
 }
 

@@ -351,14 +351,29 @@ static int post_complete(struct lws *wsi, struct session *s)
 	/* The files first: recorded before the packet that names them. */
 	for (size_t i = 0; i < r->nfiles; i++) {
 		const struct upload *u = &r->files[i];
+		struct ipc_message m = { .type = IPC_UPLOAD_STORED };
 
-		ipc_pack_upload_stored(worker_ipc_packer(), u->stored, u->original, u->field,
-				       parts.agent_id, u->size, u->dev, u->ino);
+		m.upload_stored.stored = u->stored;
+		m.upload_stored.original = u->original;
+		m.upload_stored.field = u->field;
+		m.upload_stored.agent_id = parts.agent_id;
+		m.upload_stored.size = u->size;
+		m.upload_stored.dev = u->dev;
+		m.upload_stored.ino = u->ino;
+		worker_send(&m);
 	}
 	id = http_pending_add(wsi, r);
-	ipc_pack_http_request(worker_ipc_packer(), id, r->post->flags, parts.agent_id,
-			      parts.request_id[0] ? parts.request_id : NULL, payload, len);
-	worker_ipc_check();
+	{
+		struct ipc_message m = { .type = IPC_HTTP_REQUEST };
+
+		m.http_request.req = id;
+		m.http_request.flags = r->post->flags;
+		m.http_request.agent_id = parts.agent_id;
+		m.http_request.request_id = parts.request_id[0] ? parts.request_id : NULL;
+		m.http_request.packet = payload;
+		m.http_request.len = len;
+		worker_send(&m);
+	}
 	r->committed = 1;
 	free(payload);
 	json_decref(body);

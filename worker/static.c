@@ -186,8 +186,9 @@ static void check_task_version(struct lws *wsi)
 	json_decref(packet);
 	if (payload == NULL)
 		fatal("out of memory");
-	ipc_pack_version_mismatch(worker_ipc_packer(), v, payload, strlen(payload));
-	worker_ipc_check();
+	worker_send(&(struct ipc_message){
+		.type = IPC_VERSION_MISMATCH,
+		.version_mismatch = { .version = v, .packet = payload, .len = strlen(payload) } });
 	free(payload);
 }
 
@@ -214,8 +215,8 @@ int static_serve_download(struct lws *wsi, struct session *s, const char *name)
 	r = http_req_get(s);
 	memcpy(r->download, name, UPLOAD_NAME_LEN + 1);
 	id = http_pending_add(wsi, r);
-	ipc_pack_download_check(worker_ipc_packer(), id, name);
-	worker_ipc_check();
+	worker_send(&(struct ipc_message){ .type = IPC_DOWNLOAD_CHECK,
+					   .download_check = { .req = id, .stored = name } });
 	return 0;
 }
 

@@ -75,8 +75,8 @@ static int get_timestamp(json_t *root, const char *key, double *out, char *why,
 	return 0;
 }
 
-int wire_parse_json(const char *text, size_t len, double now, size_t backend_max,
-		    struct wire_packet *out, char *why, size_t whylen)
+static int parse_json(const char *text, size_t len, double now, size_t backend_max,
+		      struct wire_packet *out, char *why, size_t whylen)
 {
 	json_error_t error;
 	json_t *root, *type, *subject, *data;
@@ -107,11 +107,11 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 		return fail(why, whylen, "%s", "packet_type missing or not a string");
 	if (!json_is_string(subject))
 		return fail(why, whylen, "%s", "subject_id missing or not a string");
-	out->f.type = (uint32_t)packet_type_parse(json_string_value(type));
-	if (out->f.type == PKT_UNKNOWN)
+	out->packet.type = packet_type_parse(json_string_value(type));
+	if (out->packet.type == PKT_UNKNOWN)
 		return fail(why, whylen, "unknown packet_type '%.64s'",
 			    json_string_value(type));
-	out->f.subject_id = json_string_value(subject);
+	out->packet.subject_id = json_string_value(subject);
 	data = json_object_get(root, "data");
 	data_missing = data == NULL;
 	data_null = data != NULL && json_is_null(data);
@@ -122,21 +122,21 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 	} else if (!json_is_object(data)) {
 		return fail(why, whylen, "%s", "data is not an object");
 	}
-	if (get_timestamp(root, "client_timestamp", &out->f.client_timestamp, why, whylen) < 0 ||
-	    get_timestamp(root, "server_timestamp", &out->f.server_timestamp, why, whylen) < 0)
+	if (get_timestamp(root, "client_timestamp", &out->packet.client_timestamp, why, whylen) < 0 ||
+	    get_timestamp(root, "server_timestamp", &out->packet.server_timestamp, why, whylen) < 0)
 		return -1;
-	switch ((enum packet_type)out->f.type) {
+	switch ((enum packet_type)out->packet.type) {
 	case PKT_UPDATE_STATUS: {
 		json_t *status = json_object_get(data, "status");
 		if (status != NULL && !json_is_string(status))
 			return fail(why, whylen, "%s", "data.status is not a string");
-		out->f.status = json_string_value(status);
+		out->packet.status = json_string_value(status);
 		break;
 	}
 	case PKT_AGENT_DETAILS: {
 		json_t *id = json_object_get(data, "request_id");
-		out->f.request_id = json_is_string(id) ? json_string_value(id)
-						       : out->f.subject_id;
+		out->packet.request_id = json_is_string(id) ? json_string_value(id)
+						       : out->packet.subject_id;
 		break;
 	}
 	case PKT_HEARTBEAT:
@@ -146,8 +146,8 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 	default:
 		break;
 	}
-	out->f.router_incoming_timestamp = now;
-	if (out->f.type != PKT_HEARTBEAT && !data_null &&
+	out->packet.router_incoming_timestamp = now;
+	if (out->packet.type != PKT_HEARTBEAT && !data_null &&
 	    json_object_get(root, "router_incoming_timestamp") == NULL &&
 	    json_object_get(root, "router_outgoing_timestamp") == NULL) {
 		/* The usual case: the text as it came, with the timestamp (and an
@@ -174,7 +174,7 @@ int wire_parse_json(const char *text, size_t len, double now, size_t backend_max
 			fatal("out of memory");
 		out->len = strlen(out->payload);
 	}
-	if ((out->f.type == PKT_MEPHISTO_BOUND_LIVE_UPDATE || out->f.type == PKT_LOG_ERROR) &&
+	if ((out->packet.type == PKT_MEPHISTO_BOUND_LIVE_UPDATE || out->packet.type == PKT_LOG_ERROR) &&
 	    out->len + WIRE_OUTGOING_STAMP_BYTES > backend_max) {
 		snprintf(why, whylen, "%zu bytes, more than the backend accepts "
 			 "(backend_max_frame_bytes = %zu)", out->len, backend_max);
@@ -615,16 +615,16 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 	out->payload = payload;
 	out->len = packet_add_member_into(payload, text, len, member, n);
 	payload[out->len] = '\0';
-	out->f.type = (uint32_t)type;
-	out->f.subject_id = payload + strings + F.subject.off;
+	out->packet.type = type;
+	out->packet.subject_id = payload + strings + F.subject.off;
 	if (type == PKT_UPDATE_STATUS && F.status.set)
-		out->f.status = payload + strings + F.status.off;
+		out->packet.status = payload + strings + F.status.off;
 	if (type == PKT_AGENT_DETAILS)
-		out->f.request_id = F.request_id.set ? payload + strings + F.request_id.off
-						     : out->f.subject_id;
-	out->f.client_timestamp = F.client_ts;
-	out->f.server_timestamp = F.server_ts;
-	out->f.router_incoming_timestamp = now;
+		out->packet.request_id = F.request_id.set ? payload + strings + F.request_id.off
+						     : out->packet.subject_id;
+	out->packet.client_timestamp = F.client_ts;
+	out->packet.server_timestamp = F.server_ts;
+	out->packet.router_incoming_timestamp = now;
 	if ((type == PKT_MEPHISTO_BOUND_LIVE_UPDATE || type == PKT_LOG_ERROR) &&
 	    out->len + WIRE_OUTGOING_STAMP_BYTES > backend_max) {
 		wire_packet_free(out);
@@ -633,11 +633,24 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 	return 1;
 }
 
+int wire_parse_json(const char *text, size_t len, double now, size_t backend_max,
+		    struct wire_packet *out, char *why, size_t whylen)
+{
+	if (parse_json(text, len, now, backend_max, out, why, whylen) < 0)
+		return -1;
+	out->packet.payload = out->payload;
+	out->packet.len = out->len;
+	return 0;
+}
+
 int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 	       struct wire_packet *out, char *why, size_t whylen)
 {
-	if (wire_parse_fast(text, len, now, backend_max, out))
+	if (wire_parse_fast(text, len, now, backend_max, out)) {
+		out->packet.payload = out->payload;
+		out->packet.len = out->len;
 		return 0;
+	}
 	return wire_parse_json(text, len, now, backend_max, out, why, whylen);
 }
 

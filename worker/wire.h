@@ -1,6 +1,6 @@
 /* Packets on the wire: parse and validate what a WebSocket brought (JSON:
  * yajl for the usual packet, jansson for the rest, wire.c) into the
- * routing fields the supervisor needs plus the payload it forwards
+ * struct packet the supervisor routes, whose payload it forwards
  * untouched. */
 #ifndef MR_WIRE_H
 #define MR_WIRE_H
@@ -15,10 +15,12 @@
 #define WIRE_OUTGOING_STAMP_BYTES 64
 
 struct wire_packet {
-	struct ipc_packet_fields f; /* strings point into root or after payload */
-	char *payload;              /* compact JSON, malloc'ed */
+	/* What route.c routes, as it travels in WS_PACKET: strings point into
+	 * root or after payload, packet.payload is payload. */
+	struct packet packet;
+	char *payload; /* compact JSON, malloc'ed */
 	size_t len;
-	json_t *root;               /* NULL when yajl parsed it */
+	json_t *root;  /* NULL when yajl parsed it */
 };
 
 /* Parse one WebSocket message received at time now (epoch seconds).

@@ -1,15 +1,18 @@
 /* The worker's loop: libevent event_base running libwebsockets as a foreign
  * loop, a read event on the inherited listening socket handing each
- * connection to lws, and a bufferevent for IPC with the supervisor.
+ * connection to lws, and a peer (core/peer.c) for IPC with the supervisor.
  *
  * Backpressure: when the IPC output to the supervisor holds more than
  * ipc_buffer_bytes, the worker stops reading its WebSockets and stops
  * accepting; it resumes once the output has drained to half of that. */
 #include "worker.h"
 
+#include "../core/clock.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
 #include "../core/map.h"
+#include "../core/peer.h"
+#include "../core/xalloc.h"
 #include "../supervisor/supervisor.h"
 #include "wire.h"
 
@@ -39,67 +42,23 @@ static struct event *listener; /* EV_READ on WORKER_LISTEN_FD */
 static struct event *metrics_listener; /* EV_READ on WORKER_METRICS_FD */
 static struct event *stats_tick; /* STATS to the supervisor every second */
 static struct event *accept_retry;
-static struct bufferevent *ipc;
-static struct ipc_reader *reader;
-static msgpack_packer packer;
-static msgpack_sbuffer ipc_out; /* packed this loop turn; see ipc_flush_cb */
-static struct event *ipc_flush, *ipc_flush_late;
+static struct peer *ipc;
 static struct event *sig_term, *drain_tick;
 static int configured, paused, draining;
 static double drain_deadline;
 static int exit_code;
 
-static double now_monotonic(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- IPC ---- */
 
-/* IPC is packed into ipc_out and written in one piece when the loop is
- * quiet: the flush event has the lowest priority, so it runs once no
- * socket has input left to read (lws reads a WebSocket 1 KiB per wakeup,
- * and flushing after each wakeup made many small writes and as many
- * wakeups of the supervisor), or when IPC_FLUSH_BYTES are waiting, or
- * IPC_FLUSH_USEC after the first byte (a timer: the loop may never be
- * quiet). */
-#define IPC_FLUSH_BYTES (32 * 1024)
-#define IPC_FLUSH_USEC 200
-
-msgpack_packer *worker_ipc_packer(void)
+/* The supervisor's end: core/peer.c (flush policy in worker_main). */
+void worker_send(const struct ipc_message *m)
 {
-	if (ipc_out.size == 0) {
-		struct timeval late = { 0, IPC_FLUSH_USEC };
-
-		event_active(ipc_flush, EV_TIMEOUT, 0);
-		evtimer_add(ipc_flush_late, &late);
-	}
-	return &packer;
-}
-
-static void ipc_flush_out(void)
-{
-	if (ipc_out.size == 0)
-		return;
-	ipc_write(ipc, ipc_out.data, ipc_out.size);
-	msgpack_sbuffer_clear(&ipc_out);
-	evtimer_del(ipc_flush_late);
+	peer_send(ipc, m);
 }
 
 void worker_ipc_flush(void)
 {
-	ipc_flush_out();
-}
-
-static void ipc_flush_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	(void)arg;
-	ipc_flush_out();
+	peer_flush(ipc);
 }
 
 int worker_ipc_paused(void) { return paused; }
@@ -145,20 +104,19 @@ static void set_paused(int on)
 	}
 }
 
-void worker_ipc_check(void)
+/* The IPC output went over ipc_buffer_bytes. */
+static void ipc_full(struct peer *p, void *arg)
 {
-	if (ipc_out.size >= IPC_FLUSH_BYTES)
-		ipc_flush_out();
-	if (!paused && evbuffer_get_length(bufferevent_get_output(ipc)) + ipc_out.size >
-			       (size_t)worker_cfg.ipc_buffer_bytes)
-		set_paused(1);
+	(void)p;
+	(void)arg;
+	set_paused(1);
 }
 
-static void ipc_write_cb(struct bufferevent *bev, void *arg)
+/* The IPC output fell to the low watermark (half of ipc_buffer_bytes). */
+static void ipc_drained(struct peer *p, void *arg)
 {
-	(void)bev;
+	(void)p;
 	(void)arg;
-	/* Called when the output fell to the low watermark. */
 	if (paused)
 		set_paused(0);
 }
@@ -173,65 +131,68 @@ static void ipc_broken(const char *why)
 	event_base_loopexit(base, NULL);
 }
 
-static int worker_start(const struct ipc_msg *m);
+static int worker_start(const struct ipc_message *m);
 
 static void apply_config(const char *text, size_t len)
 {
 	struct config loaded;
 	char err[512], restart[256];
-	char *copy = strndup(text, len);
+	char *copy = xmemdup0(text, len);
 
-	if (copy == NULL)
-		fatal("out of memory");
 	config_defaults(&loaded);
 	if (config_parse(&loaded, copy, "supervisor config", err, sizeof err) < 0)
 		ipc_broken(err);
 	else
 		config_reload(&worker_cfg, &loaded, restart, sizeof restart);
 	log_set_level((enum log_level)worker_cfg.log_level);
-	ipc_reader_raise_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
-						     worker_cfg.backend_max_frame_bytes));
+	peer_raise_max(ipc, ipc_max_message(worker_cfg.max_message_bytes,
+					    worker_cfg.backend_max_frame_bytes));
+	peer_set_watermarks(ipc, (size_t)worker_cfg.ipc_buffer_bytes,
+			    (size_t)worker_cfg.ipc_buffer_bytes / 2);
 	free(copy);
 }
 
-static void ipc_handle(const struct ipc_msg *m)
+/* One message from the supervisor (its peer checked the hello rule). Its
+ * pointers are valid during this call only (core/peer.h): what is kept is
+ * copied (ws_send, the config). */
+static void supervisor_message(struct peer *p, const struct ipc_message *m, void *arg)
 {
-	if (!configured && m->type != IPC_HELLO_SUPERVISOR) {
-		ipc_broken("message before hello");
-		return;
-	}
+	(void)p;
+	(void)arg;
 	switch (m->type) {
 	case IPC_HELLO_SUPERVISOR:
-		if (configured) {
-			ipc_broken("second hello");
-		} else if (worker_start(m) < 0) {
+		if (worker_start(m) < 0) {
 			exit_code = EXIT_CONFIG;
 			event_base_loopexit(base, NULL);
 		}
 		return;
 	case IPC_WS_SEND:
-		if (m->ts[0] > 0)
-			ws_send_answer(m->conn, m->ts[0], m->data, m->len);
+		if (m->ws_send.answers > 0)
+			ws_send_answer(m->ws_send.conn, m->ws_send.answers, m->ws_send.packet,
+				       m->ws_send.len);
 		else
-			ws_send(m->conn, m->seq, m->data, m->len);
+			ws_send(m->ws_send.conn, m->ws_send.seq, m->ws_send.packet,
+				m->ws_send.len);
 		return;
 	case IPC_WS_CLOSE:
-		ws_close(m->conn, m->code);
+		ws_close(m->ws_close.conn, m->ws_close.code);
 		return;
 	case IPC_DRAIN:
 		worker_drain("the supervisor asked");
 		return;
 	case IPC_CONFIG:
-		apply_config(m->data, m->len);
+		apply_config(m->config.text, m->config.len);
 		return;
 	case IPC_HTTP_ANSWER:
-		http_answer_from_supervisor(m->conn, m->code, m->data, m->len);
+		http_answer_from_supervisor(m->http_answer.req, m->http_answer.status,
+					    m->http_answer.body, m->http_answer.len);
 		return;
 	case IPC_DOWNLOAD_INFO:
-		http_download_info(m->conn, m->code != 0, m->seq, (uint64_t)m->pid);
+		http_download_info(m->download_info.req, m->download_info.found,
+				   m->download_info.dev, m->download_info.ino);
 		return;
 	case IPC_METRICS:
-		http_metrics_text(m->conn, m->data, m->len);
+		http_metrics_text(m->metrics.req, m->metrics.text, m->metrics.len);
 		return;
 	default:
 		ipc_broken("message of the wrong direction");
@@ -239,46 +200,21 @@ static void ipc_handle(const struct ipc_msg *m)
 	}
 }
 
-static void ipc_read_cb(struct bufferevent *bev, void *arg)
+static void ipc_ended(struct peer *p, const char *why, int malformed, void *arg)
 {
-	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t len;
-
+	(void)p;
 	(void)arg;
-	while ((len = evbuffer_get_length(in)) > 0) {
-		struct ipc_msg m;
-		char err[256];
-		int rc;
-		size_t chunk = len > 65536 ? 65536 : len;
-
-		evbuffer_remove(in, ipc_reader_buffer(reader, chunk), chunk);
-		ipc_reader_consumed(reader, chunk);
-		while ((rc = ipc_reader_next(reader, &m, err, sizeof err)) > 0)
-			ipc_handle(&m);
-		if (rc < 0) {
-			ipc_broken(err);
-			bufferevent_disable(bev, EV_READ);
-			return;
-		}
+	if (malformed) {
+		ipc_broken(why);
+		return;
 	}
-}
-
-static void ipc_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	(void)bev;
-	(void)arg;
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		bufferevent_disable(ipc, EV_READ | EV_WRITE);
-		if (!configured) {
-			exit_code = 1;
-			event_base_loopexit(base, NULL);
-			return;
-		}
-		worker_drain("the supervisor is gone");
+	if (!configured) {
+		exit_code = 1;
+		event_base_loopexit(base, NULL);
+		return;
 	}
+	worker_drain("the supervisor is gone");
 }
-
-/* ---- accepting ---- */
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -531,26 +467,24 @@ static void stats_tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	ipc_pack_stats(worker_ipc_packer(), &worker_stats);
-	worker_ipc_check();
+	struct ipc_message m = { .type = IPC_STATS, .stats = worker_stats };
+
+	worker_send(&m);
 }
 
-static int worker_start(const struct ipc_msg *m)
+static int worker_start(const struct ipc_message *m)
 {
 	struct lws_context_creation_info info;
 	void *foreign_loops[1] = { base };
 	char err[512];
 	char *text;
 
-	if (m->version != IPC_PROTOCOL_VERSION || m->slot != (uint32_t)worker_slot) {
-		log_error("supervisor speaks IPC version %u for slot %u; "
-			  "this worker is version %u slot %d", m->version, m->slot,
-			  IPC_PROTOCOL_VERSION, worker_slot);
+	if (m->hello_supervisor.slot != (uint32_t)worker_slot) {
+		log_error("the supervisor's hello is for slot %u; this worker is slot %d",
+			  m->hello_supervisor.slot, worker_slot);
 		return -1;
 	}
-	text = strndup(m->data, m->len);
-	if (text == NULL)
-		fatal("out of memory");
+	text = xmemdup0(m->hello_supervisor.config, m->hello_supervisor.config_len);
 	config_defaults(&worker_cfg);
 	if (config_parse(&worker_cfg, text, "supervisor config", err, sizeof err) < 0) {
 		log_error("%s", err);
@@ -616,11 +550,18 @@ static int worker_start(const struct ipc_msg *m)
 		stats_tick = event_new(base, -1, EV_PERSIST, stats_tick_cb, NULL);
 		event_add(stats_tick, &second);
 	}
-	bufferevent_setwatermark(ipc, EV_WRITE, (size_t)worker_cfg.ipc_buffer_bytes / 2, 0);
-	ipc_reader_set_max(reader, ipc_max_message(worker_cfg.max_message_bytes,
-						   worker_cfg.backend_max_frame_bytes));
+	peer_set_watermarks(ipc, (size_t)worker_cfg.ipc_buffer_bytes,
+			    (size_t)worker_cfg.ipc_buffer_bytes / 2);
+	peer_raise_max(ipc, ipc_max_message(worker_cfg.max_message_bytes,
+					    worker_cfg.backend_max_frame_bytes));
 	configured = 1;
-	ipc_pack_hello_worker(worker_ipc_packer(), (uint32_t)worker_slot, (int64_t)getpid());
+	{
+		struct ipc_message hello = { .type = IPC_HELLO_WORKER };
+
+		hello.hello_worker.slot = (uint32_t)worker_slot;
+		hello.hello_worker.pid = getpid();
+		worker_send(&hello);
+	}
 	log_debug("serving");
 	return 0;
 }
@@ -634,7 +575,7 @@ static void drain_tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (ws_count() == 0 || now_monotonic() >= drain_deadline) {
+	if (ws_count() == 0 || clock_monotonic() >= drain_deadline) {
 		if (ws_count() > 0)
 			log_warn("%zu WebSockets still open at the drain deadline",
 				 ws_count());
@@ -658,7 +599,7 @@ static void worker_drain(const char *why)
 	}
 	update_listener();
 	ws_close_all(LWS_CLOSE_STATUS_GOINGAWAY);
-	drain_deadline = now_monotonic() + worker_cfg.shutdown_timeout;
+	drain_deadline = clock_monotonic() + worker_cfg.shutdown_timeout;
 	evtimer_add(drain_tick, &tv);
 }
 
@@ -695,20 +636,30 @@ int worker_main(int slot)
 	    event_base_priority_init(base, 3) < 0) /* default 1; IPC flush 2 */
 		fatal("cannot create the event loop");
 	event_config_free(cfg);
-	evutil_make_socket_nonblocking(WORKER_IPC_FD);
 	evutil_make_socket_nonblocking(WORKER_LISTEN_FD);
-	/* Until the hello says otherwise: room for the config text. */
-	reader = ipc_reader_new(2 * 1024 * 1024);
 	per_address = map_new();
 	address_of = map_new();
-	ipc = bufferevent_socket_new(base, WORKER_IPC_FD, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(ipc, ipc_read_cb, ipc_write_cb, ipc_event_cb, NULL);
-	bufferevent_enable(ipc, EV_READ | EV_WRITE);
-	msgpack_sbuffer_init(&ipc_out);
-	msgpack_packer_init(&packer, &ipc_out, msgpack_sbuffer_write);
-	ipc_flush = evtimer_new(base, ipc_flush_cb, NULL);
-	event_priority_set(ipc_flush, 2); /* after everything else (priority 1) */
-	ipc_flush_late = evtimer_new(base, ipc_flush_cb, NULL);
+	{
+		/* IPC is written in one piece when the loop is quiet: the flush
+		 * event has the lowest priority, so it runs once no socket has
+		 * input left to read (lws reads a WebSocket 1 KiB per wakeup, and
+		 * flushing after each wakeup made many small writes and as many
+		 * wakeups of the supervisor), or when 32 KiB are waiting, or
+		 * 200 us after the first byte (the loop may never be quiet). */
+		const struct peer_options o = {
+			.max_message = 2 * 1024 * 1024, /* until the hello: the config */
+			.hello = IPC_HELLO_SUPERVISOR,
+			.flush_priority = 2, /* after everything else (priority 1) */
+			.flush_bytes = 32 * 1024,
+			.flush_usec = 200,
+		};
+		static const struct peer_callbacks cb = {
+			.message = supervisor_message, .ended = ipc_ended, .full = ipc_full,
+			.drained = ipc_drained,
+		};
+
+		ipc = peer_new(base, WORKER_IPC_FD, &o, &cb, NULL);
+	}
 	sig_term = evsignal_new(base, SIGTERM, sigterm_cb, NULL);
 	evsignal_add(sig_term, NULL);
 	drain_tick = evtimer_new(base, drain_tick_cb, NULL);
@@ -739,26 +690,11 @@ int worker_main(int slot)
 		address_of = per_address = NULL;
 	}
 	wire_free_all();
-	if (ipc != NULL) {
-		/* Hand the supervisor everything still buffered (closes, packets
-		 * that could not be written): blocking, at most 2 s. */
-		struct evbuffer *out = bufferevent_get_output(ipc);
-		struct timeval limit = { 2, 0 };
-		int flags = fcntl(WORKER_IPC_FD, F_GETFL);
-
-		ipc_flush_out();
-		if (flags >= 0)
-			fcntl(WORKER_IPC_FD, F_SETFL, flags & ~O_NONBLOCK);
-		setsockopt(WORKER_IPC_FD, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
-		while (evbuffer_get_length(out) > 0 && evbuffer_write(out, WORKER_IPC_FD) > 0)
-			;
-		bufferevent_free(ipc);
-	}
-	ipc_reader_free(reader);
+	/* Hand the supervisor everything still buffered (closes, packets that
+	 * could not be written): blocking, at most 2 s. */
+	peer_finish(ipc, 2.0);
+	peer_free(ipc);
 	event_free(sig_term);
-	event_free(ipc_flush);
-	event_free(ipc_flush_late);
-	msgpack_sbuffer_destroy(&ipc_out);
 	event_free(drain_tick);
 	event_free(accept_retry);
 	event_base_free(base);

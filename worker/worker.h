@@ -39,10 +39,10 @@ extern struct config worker_cfg;
 extern int worker_slot;
 extern struct worker_stats worker_stats;
 
-/* IPC towards the supervisor. worker_ipc_packer() appends to the IPC output
- * buffer; worker_ipc_check() applies backpressure when it grew too long. */
-msgpack_packer *worker_ipc_packer(void);
-void worker_ipc_check(void);
+/* Send one message to the supervisor (backpressure: when its output grows
+ * over ipc_buffer_bytes, the worker stops reading its clients until it
+ * drained to half of that). */
+void worker_send(const struct ipc_message *m);
 void worker_ipc_flush(void); /* write what is packed now */
 int worker_ipc_paused(void);
 /* 1 when wsi came in on the metrics socket (metrics_listen). */

@@ -98,10 +98,13 @@ static struct conn *conn_find(uint64_t id)
  * destination's next connection and sends nothing more here. */
 static void refuse_send(uint64_t conn, uint64_t seq)
 {
+	struct ipc_message m = { .type = IPC_WS_UNSENT };
+
 	if (seq == 0)
 		return;
-	ipc_pack_ws_unsent(worker_ipc_packer(), conn, seq);
-	worker_ipc_check();
+	m.ws_written.conn = conn;
+	m.ws_written.seq = seq;
+	worker_send(&m);
 }
 
 /* What was not written: the supervisor still has it (see the top). */
@@ -243,7 +246,7 @@ static int close_with(struct lws *wsi, uint32_t code, const char *why)
 	return -1;
 }
 
-static const char *fields_too_long(const struct ipc_packet_fields *f);
+static const char *fields_too_long(const struct packet *f);
 
 /* ---- who may become the backend (backend_allow, trusted_proxies) ---- */
 
@@ -453,7 +456,7 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 	int rc = wire_parse(text, len, wire_now(),
 			    (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why);
 
-	if (rc == 0 && (bound = fields_too_long(&p.f)) != NULL) {
+	if (rc == 0 && (bound = fields_too_long(&p.packet)) != NULL) {
 		snprintf(why, sizeof why, "%s", bound);
 		rc = -1;
 	}
@@ -469,13 +472,13 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 		wire_packet_free(&p);
 		return 0;
 	}
-	if (p.f.type == PKT_ALIVE && p.f.subject_id != NULL &&
-	    strcmp(p.f.subject_id, PACKET_MEPHISTO) != 0 && !agent_allowed(c, p.f.subject_id)) {
+	if (p.packet.type == PKT_ALIVE && p.packet.subject_id != NULL &&
+	    strcmp(p.packet.subject_id, PACKET_MEPHISTO) != 0 && !agent_allowed(c, p.packet.subject_id)) {
 		wire_packet_free(&p);
 		return 0;
 	}
-	if (p.f.type == PKT_ALIVE && p.f.subject_id != NULL &&
-	    strcmp(p.f.subject_id, PACKET_MEPHISTO) == 0) {
+	if (p.packet.type == PKT_ALIVE && p.packet.subject_id != NULL &&
+	    strcmp(p.packet.subject_id, PACKET_MEPHISTO) == 0) {
 		if (!c->may_be_backend) {
 			wire_packet_free(&p);
 			return refuse_backend(wsi, c);
@@ -483,14 +486,19 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 		c->backend = 1;
 	}
 	worker_stats.packets_in++;
-	ipc_pack_ws_packet(worker_ipc_packer(), c->id, &p.f, p.payload, p.len);
-	worker_ipc_check();
+	{
+		struct ipc_message m = { .type = IPC_WS_PACKET };
+
+		m.ws_packet.conn = c->id;
+		m.ws_packet.packet = p.packet;
+		worker_send(&m);
+	}
 	wire_packet_free(&p);
 	return 0;
 }
 
 /* Why the packet's routing fields are out of bounds, or NULL. */
-static const char *fields_too_long(const struct ipc_packet_fields *f)
+static const char *fields_too_long(const struct packet *f)
 {
 	if (f->subject_id != NULL && strlen(f->subject_id) > PACKET_MAX_ID_BYTES)
 		return "subject_id longer than 256 bytes";
@@ -576,11 +584,13 @@ static void batch_room(size_t need)
  * a second delivery. */
 static void report_written(struct conn *c, uint64_t seq)
 {
-	ipc_pack_ws_sent(worker_ipc_packer(), c->id, seq);
+	struct ipc_message m = { .type = IPC_WS_SENT };
+
+	m.ws_written.conn = c->id;
+	m.ws_written.seq = seq;
+	worker_send(&m);
 	if (c->backend)
 		worker_ipc_flush();
-	else
-		worker_ipc_check();
 }
 
 static int on_writeable(struct lws *wsi, struct conn *c)
@@ -675,8 +685,8 @@ int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		s->conn = conn_new(wsi);
 		conn_identify(wsi, s->conn);
 		worker_stats.websockets++;
-		ipc_pack_ws_opened(worker_ipc_packer(), s->conn->id);
-		worker_ipc_check();
+		worker_send(&(struct ipc_message){ .type = IPC_WS_OPENED,
+						   .ws_conn = { s->conn->id } });
 		if (worker_ipc_paused()) {
 			s->conn->paused = 1;
 			lws_rx_flow_control(wsi, 0);
@@ -688,8 +698,8 @@ int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return s->conn ? on_writeable(wsi, s->conn) : 0;
 	case LWS_CALLBACK_CLOSED:
 		if (s->conn != NULL) {
-			ipc_pack_ws_closed(worker_ipc_packer(), s->conn->id);
-			worker_ipc_check();
+			worker_send(&(struct ipc_message){ .type = IPC_WS_CLOSED,
+							   .ws_conn = { s->conn->id } });
 			conn_free(s->conn);
 			s->conn = NULL;
 			worker_stats.websockets--;

@@ -69,7 +69,7 @@ static void check_payload(const struct wire_packet *p, const char *text, size_t 
 	if (root == NULL || !json_is_object(root))
 		disagree("payload is not a JSON object", p->payload, error.text, text, len);
 	data = json_object_get(root, "data");
-	if (p->f.type == PKT_HEARTBEAT ? data != NULL : !json_is_object(data))
+	if (p->packet.type == PKT_HEARTBEAT ? data != NULL : !json_is_object(data))
 		disagree("payload's data member", p->payload, "", text, len);
 	if (!json_is_number(json_object_get(root, "router_incoming_timestamp")) ||
 	    json_object_get(root, "router_outgoing_timestamp") != NULL)
@@ -104,21 +104,21 @@ static void check_one(const char *text, size_t len, size_t backend_max)
 	if (fast_rc < 0) {
 		same_str("the error", fast_why, slow_why, text, len);
 	} else {
-		if (fast.f.type != slow.f.type)
-			disagree("packet_type", packet_type_name(fast.f.type),
-				 packet_type_name(slow.f.type), text, len);
-		same_str("subject_id", fast.f.subject_id, slow.f.subject_id, text, len);
-		same_str("status", fast.f.status, slow.f.status, text, len);
-		same_str("request_id", fast.f.request_id, slow.f.request_id, text, len);
-		same_num("client_timestamp", fast.f.client_timestamp,
-			 slow.f.client_timestamp, text, len);
-		same_num("server_timestamp", fast.f.server_timestamp,
-			 slow.f.server_timestamp, text, len);
-		same_num("router_incoming_timestamp", fast.f.router_incoming_timestamp,
-			 slow.f.router_incoming_timestamp, text, len);
+		if (fast.packet.type != slow.packet.type)
+			disagree("packet_type", packet_type_name(fast.packet.type),
+				 packet_type_name(slow.packet.type), text, len);
+		same_str("subject_id", fast.packet.subject_id, slow.packet.subject_id, text, len);
+		same_str("status", fast.packet.status, slow.packet.status, text, len);
+		same_str("request_id", fast.packet.request_id, slow.packet.request_id, text, len);
+		same_num("client_timestamp", fast.packet.client_timestamp,
+			 slow.packet.client_timestamp, text, len);
+		same_num("server_timestamp", fast.packet.server_timestamp,
+			 slow.packet.server_timestamp, text, len);
+		same_num("router_incoming_timestamp", fast.packet.router_incoming_timestamp,
+			 slow.packet.router_incoming_timestamp, text, len);
 		if (fast.len != slow.len || memcmp(fast.payload, slow.payload, slow.len) != 0)
 			disagree("payload", fast.payload, slow.payload, text, len);
-		if (fast.f.subject_id == NULL)
+		if (fast.packet.subject_id == NULL)
 			disagree("subject_id present", "", "", text, len);
 		check_payload(&slow, text, len);
 	}

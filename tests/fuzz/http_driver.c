@@ -62,8 +62,11 @@ struct worker_stats worker_stats;
 static msgpack_sbuffer ipc_out;
 static msgpack_packer packer;
 
-msgpack_packer *worker_ipc_packer(void) { return &packer; }
-void worker_ipc_check(void) {}
+void worker_send(const struct ipc_message *m)
+{
+	if (ipc_pack(&packer, m) < 0)
+		abort();
+}
 void worker_ipc_flush(void) {} /* the supervisor's side reads it every turn */
 int worker_ipc_paused(void) { return 0; }
 /* every connection here came in on the router's port, none on metrics_listen */
@@ -237,20 +240,20 @@ static uint64_t last_request, echo_seq;
 
 /* A packet for the backend: a JSON object with a known packet_type, a
  * subject_id and a data object (PROTOCOL.md, point 10). */
-static void check_backend_packet(const struct ipc_msg *m)
+static void check_backend_packet(const char *data, size_t len)
 {
 	static const char *const types[] = {
 		"register_agent", "submit_onboarding", "submit_unit", "submit_metadata",
 		"log_error",
 	};
 	json_error_t error;
-	json_t *p = json_loadb(m->data, m->len, JSON_REJECT_DUPLICATES, &error);
+	json_t *p = json_loadb(data, len, JSON_REJECT_DUPLICATES, &error);
 	const char *type = json_string_value(json_object_get(p, "packet_type"));
 	size_t i;
 
 	if (p == NULL) {
 		fprintf(stderr, "http_driver: a packet for the backend is not JSON (%s): %.*s\n",
-			error.text, (int)(m->len > 2000 ? 2000 : m->len), m->data);
+			error.text, (int)(len > 2000 ? 2000 : len), data);
 		abort();
 	}
 	for (i = 0; type != NULL && i < sizeof types / sizeof types[0]; i++)
@@ -260,7 +263,7 @@ static void check_backend_packet(const struct ipc_msg *m)
 	    !json_is_string(json_object_get(p, "subject_id")) ||
 	    !json_is_object(json_object_get(p, "data"))) {
 		fprintf(stderr, "http_driver: a packet for the backend lacks its fields: %.*s\n",
-			(int)(m->len > 2000 ? 2000 : m->len), m->data);
+			(int)(len > 2000 ? 2000 : len), data);
 		abort();
 	}
 	json_decref(p);
@@ -273,23 +276,21 @@ static struct {
 } uploads[64];
 static size_t nuploads;
 
-static void download_check(const struct ipc_msg *m)
+static void download_check(uint64_t req, const char *stored)
 {
 	for (size_t i = 0; i < nuploads; i++) {
-		if (strcmp(uploads[i].stored, m->str1) == 0) {
-			http_download_info(m->conn, 1, uploads[i].dev, uploads[i].ino);
+		if (strcmp(uploads[i].stored, stored) == 0) {
+			http_download_info(req, 1, uploads[i].dev, uploads[i].ino);
 			return;
 		}
 	}
-	http_download_info(m->conn, 0, 0, 0);
+	http_download_info(req, 0, 0, 0);
 }
 
-static void handle(const struct ipc_msg *m)
+static void handle(const struct ipc_message *m)
 {
 	if (trace)
-		fprintf(stderr, "http_driver: IPC %s conn %llu code %u: %.*s\n",
-			ipc_type_name(m->type), (unsigned long long)m->conn, m->code,
-			(int)m->len, m->data ? m->data : "");
+		fprintf(stderr, "http_driver: IPC %s\n", ipc_type_name(m->type));
 	switch (m->type) {
 	case IPC_WS_OPENED:
 	case IPC_WS_CLOSED:
@@ -298,38 +299,41 @@ static void handle(const struct ipc_msg *m)
 		return;
 	case IPC_WS_PACKET:
 		if (echo_seq++ < 64)
-			ws_send(m->conn, echo_seq, m->data, m->len);
+			ws_send(m->ws_packet.conn, echo_seq, m->ws_packet.packet.payload,
+				m->ws_packet.packet.len);
 		return;
 	case IPC_VERSION_MISMATCH:
-		check_backend_packet(m);
+		check_backend_packet(m->version_mismatch.packet, m->version_mismatch.len);
 		return;
-	case IPC_HTTP_REQUEST:
-		check_backend_packet(m);
-		if ((m->code & 1u) && m->str2 == NULL) /* ROUTE_HTTP_WAIT_DETAILS */
+	case IPC_HTTP_REQUEST: {
+		uint64_t req = m->http_request.req;
+
+		check_backend_packet(m->http_request.packet, m->http_request.len);
+		if ((m->http_request.flags & 1u) && m->http_request.request_id == NULL)
 			die("%s", "a request waiting for agent_details has no request id");
-		last_request = m->conn;
+		last_request = req;
 		/* mostly what the backend would say; a 408 now and then */
 		if (++answers % 4 == 0)
-			http_answer_from_supervisor(m->conn, 408,
-						    "{\"error\": \"timed out\"}", 22);
-		else if (m->code & 1u)
-			http_answer_from_supervisor(m->conn, 200,
+			http_answer_from_supervisor(req, 408, "{\"error\": \"timed out\"}", 22);
+		else if (m->http_request.flags & 1u) /* ROUTE_HTTP_WAIT_DETAILS */
+			http_answer_from_supervisor(req, 200,
 						    "{\"agent_id\": \"7\", \"request_id\": \"r\"}",
 						    37);
 		else
-			http_answer_from_supervisor(m->conn, 200, NULL, 0);
+			http_answer_from_supervisor(req, 200, NULL, 0);
 		return;
+	}
 	case IPC_UPLOAD_STORED:
 		if (nuploads < sizeof uploads / sizeof uploads[0]) {
 			snprintf(uploads[nuploads].stored, sizeof uploads[0].stored, "%s",
-				 m->str1);
-			uploads[nuploads].dev = m->conn;
-			uploads[nuploads].ino = m->seq;
+				 m->upload_stored.stored);
+			uploads[nuploads].dev = m->upload_stored.dev;
+			uploads[nuploads].ino = m->upload_stored.ino;
 			nuploads++;
 		}
 		return;
 	case IPC_DOWNLOAD_CHECK:
-		download_check(m);
+		download_check(m->download_check.req, m->download_check.stored);
 		return;
 	default:
 		/* worker -> supervisor messages are numbered 100..199 */
@@ -346,7 +350,7 @@ static int supervisor_turn(void)
 	int any = 0;
 
 	while (ipc_out.size > 0) {
-		struct ipc_msg m;
+		struct ipc_message m;
 		char err[256];
 		size_t n = ipc_out.size;
 		int rc;

@@ -34,16 +34,19 @@ int main(int argc, char **argv)
 {
 	msgpack_sbuffer b, all_worker, all_supervisor;
 	msgpack_packer pk, pw, ps;
-	struct ipc_packet_fields f = {
-		.type = 3, .subject_id = "agent-7", .status = NULL, .request_id = NULL,
+	const struct packet f = {
+		.type = PKT_MEPHISTO_BOUND_LIVE_UPDATE, .subject_id = "agent-7",
 		.client_timestamp = 1764087000.25, .server_timestamp = NAN,
-		.router_incoming_timestamp = 1764087000.5,
+		.router_incoming_timestamp = 1764087000.5, .payload = PACKET,
+		.len = strlen(PACKET),
 	};
-	struct ipc_packet_fields status = {
-		.type = 5, .subject_id = "agent-7", .status = "in task", .request_id = "req-1",
-		.client_timestamp = NAN, .server_timestamp = 1764087000.0,
-		.router_incoming_timestamp = 1764087000.5,
+	const struct packet status = {
+		.type = PKT_UPDATE_STATUS, .subject_id = "agent-7", .status = "in task",
+		.request_id = "req-1", .client_timestamp = NAN,
+		.server_timestamp = 1764087000.0, .router_incoming_timestamp = 1764087000.5,
+		.payload = "{}", .len = 2,
 	};
+	const uint64_t conn = (1ULL << 32) | 1;
 
 	if (argc != 2) {
 		fprintf(stderr, "usage: ipc_seeds DIR\n");
@@ -55,6 +58,8 @@ int main(int argc, char **argv)
 	msgpack_packer_init(&pw, &all_worker, msgpack_sbuffer_write);
 	msgpack_packer_init(&ps, &all_supervisor, msgpack_sbuffer_write);
 
+/* One typed message packed with p. */
+#define M(t, ...) ipc_pack(p, &(struct ipc_message){ .type = (t), __VA_ARGS__ })
 #define ONE(name, call, session)                                               \
 	do {                                                                   \
 		msgpack_sbuffer_init(&b);                                      \
@@ -69,24 +74,39 @@ int main(int argc, char **argv)
 		msgpack_sbuffer_destroy(&b);                                   \
 	} while (0)
 
-	ONE("hello_worker", ipc_pack_hello_worker(p, 1, 4242), &pw);
-	ONE("hello_supervisor", ipc_pack_hello_supervisor(p, 1, CONFIG, strlen(CONFIG)), &ps);
-	ONE("ws_opened", ipc_pack_ws_opened(p, (1ULL << 32) | 1), &pw);
-	ONE("ws_packet", ipc_pack_ws_packet(p, (1ULL << 32) | 1, &f, PACKET, strlen(PACKET)), &pw);
-	ONE("ws_packet_status", ipc_pack_ws_packet(p, (1ULL << 32) | 1, &status, "{}", 2), &pw);
-	ONE("ws_sent", ipc_pack_ws_sent(p, (1ULL << 32) | 1, 17), &pw);
-	ONE("ws_unsent", ipc_pack_ws_unsent(p, (1ULL << 32) | 1, 18), &pw);
-	ONE("http_request", ipc_pack_http_request(p, 9, 3, "agent-7", "3b1f2c4d-0000-4000-8000-"
-						   "000000000001", PACKET, strlen(PACKET)), &pw);
-	ONE("version_mismatch", ipc_pack_version_mismatch(p, "2.0.3", PACKET, strlen(PACKET)), &pw);
-	ONE("ws_closed", ipc_pack_ws_closed(p, (1ULL << 32) | 1), &pw);
-	ONE("ws_send", ipc_pack_ws_send(p, (1ULL << 32) | 1, 17, 1795000000.25, PACKET,
-					strlen(PACKET)), &ps);
-	ONE("http_answer", ipc_pack_http_answer(p, 9, 200, "{\"agent_id\":\"7\"}", 16), &ps);
-	ONE("http_answer_nil", ipc_pack_http_answer(p, 10, 408, NULL, 0), &ps);
-	ONE("ws_close", ipc_pack_ws_close(p, (1ULL << 32) | 1, 1008), &ps);
-	ONE("config", ipc_pack_config(p, CONFIG, strlen(CONFIG)), &ps);
-	ONE("drain", ipc_pack_drain(p), &ps);
+	ONE("hello_worker", M(IPC_HELLO_WORKER, .hello_worker = { 0, 1, 4242 }), &pw);
+	ONE("hello_supervisor", M(IPC_HELLO_SUPERVISOR,
+				  .hello_supervisor = { 0, 1, CONFIG, strlen(CONFIG) }), &ps);
+	ONE("ws_opened", M(IPC_WS_OPENED, .ws_conn = { conn }), &pw);
+	ONE("ws_packet", M(IPC_WS_PACKET, .ws_packet = { conn, f }), &pw);
+	ONE("ws_packet_status", M(IPC_WS_PACKET, .ws_packet = { conn, status }), &pw);
+	ONE("ws_sent", M(IPC_WS_SENT, .ws_written = { conn, 17 }), &pw);
+	ONE("ws_unsent", M(IPC_WS_UNSENT, .ws_written = { conn, 18 }), &pw);
+	ONE("http_request", M(IPC_HTTP_REQUEST,
+			      .http_request = { 9, 3, "agent-7",
+						"3b1f2c4d-0000-4000-8000-000000000001", PACKET,
+						strlen(PACKET) }), &pw);
+	ONE("version_mismatch", M(IPC_VERSION_MISMATCH,
+				  .version_mismatch = { "2.0.3", PACKET, strlen(PACKET) }), &pw);
+	ONE("upload_stored", M(IPC_UPLOAD_STORED,
+			       .upload_stored = { "mr-0123456789abcdef0123456789abcdef", "a.txt",
+						  "file", "agent-7", 5, 2049, 131 }), &pw);
+	ONE("download_check", M(IPC_DOWNLOAD_CHECK,
+				.download_check = { 11, "mr-0123456789abcdef0123456789abcdef" }),
+	    &pw);
+	ONE("metrics_request", M(IPC_METRICS_REQUEST, .metrics_request = { 12 }), &pw);
+	ONE("ws_closed", M(IPC_WS_CLOSED, .ws_conn = { conn }), &pw);
+	ONE("ws_send", M(IPC_WS_SEND, .ws_send = { conn, 17, 1795000000.25, PACKET,
+						  strlen(PACKET) }), &ps);
+	ONE("http_answer", M(IPC_HTTP_ANSWER, .http_answer = { 9, 200, "{\"agent_id\":\"7\"}",
+							       16 }), &ps);
+	ONE("http_answer_nil", M(IPC_HTTP_ANSWER, .http_answer = { 10, 408, NULL, 0 }), &ps);
+	ONE("download_info", M(IPC_DOWNLOAD_INFO, .download_info = { 11, 1, 2049, 131 }), &ps);
+	ONE("metrics", M(IPC_METRICS, .metrics = { 12, "mephisto_router_workers 2\n", 26 }),
+	    &ps);
+	ONE("ws_close", M(IPC_WS_CLOSE, .ws_close = { conn, 1008 }), &ps);
+	ONE("config", M(IPC_CONFIG, .config = { CONFIG, strlen(CONFIG) }), &ps);
+	ONE("drain", M(IPC_DRAIN), &ps);
 	save("session_worker", all_worker.data, all_worker.size);
 	save("session_supervisor", all_supervisor.data, all_supervisor.size);
 
@@ -109,7 +129,11 @@ int main(int argc, char **argv)
 	/* a good message cut short, and one followed by garbage */
 	msgpack_sbuffer_init(&b);
 	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-	ipc_pack_ws_send(&pk, 2, 3, 0, PACKET, strlen(PACKET));
+	{
+		msgpack_packer *p = &pk;
+
+		M(IPC_WS_SEND, .ws_send = { 2, 3, 0, PACKET, strlen(PACKET) });
+	}
 	save("truncated_ws_send", b.data, b.size - 10);
 	msgpack_sbuffer_write(&b, "\x81\xa1x\x01", 4);
 	save("ws_send_then_map", b.data, b.size);

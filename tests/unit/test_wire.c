@@ -163,15 +163,15 @@ static int check_one(const char *text, size_t len, size_t backend_max)
 	if (fast.rc < 0) {
 		same_str(fast.why, slow.why, "the error", text);
 	} else {
-		assert_int_equal(fast.p.f.type, slow.p.f.type);
-		same_str(fast.p.f.subject_id, slow.p.f.subject_id, "subject_id", text);
-		same_str(fast.p.f.status, slow.p.f.status, "status", text);
-		same_str(fast.p.f.request_id, slow.p.f.request_id, "request_id", text);
-		same_num(fast.p.f.client_timestamp, slow.p.f.client_timestamp,
+		assert_int_equal(fast.p.packet.type, slow.p.packet.type);
+		same_str(fast.p.packet.subject_id, slow.p.packet.subject_id, "subject_id", text);
+		same_str(fast.p.packet.status, slow.p.packet.status, "status", text);
+		same_str(fast.p.packet.request_id, slow.p.packet.request_id, "request_id", text);
+		same_num(fast.p.packet.client_timestamp, slow.p.packet.client_timestamp,
 			 "client_timestamp", text);
-		same_num(fast.p.f.server_timestamp, slow.p.f.server_timestamp,
+		same_num(fast.p.packet.server_timestamp, slow.p.packet.server_timestamp,
 			 "server_timestamp", text);
-		same_num(fast.p.f.router_incoming_timestamp, slow.p.f.router_incoming_timestamp,
+		same_num(fast.p.packet.router_incoming_timestamp, slow.p.packet.router_incoming_timestamp,
 			 "router_incoming_timestamp", text);
 		if (fast.p.len != slow.p.len || memcmp(fast.p.payload, slow.p.payload, slow.p.len))
 			fail_msg("payload differs: %s vs %s", fast.p.payload, slow.p.payload);
@@ -214,9 +214,9 @@ static void test_fields(void **state)
 	(void)state;
 	assert_int_equal(wire_parse(t, strlen(t), NOW, BACKEND_MAX, &p, why, sizeof why), 0);
 	assert_null(p.root);
-	assert_int_equal(p.f.type, PKT_AGENT_DETAILS);
-	assert_string_equal(p.f.subject_id, "r1");
-	assert_string_equal(p.f.request_id, "r2");
+	assert_int_equal(p.packet.type, PKT_AGENT_DETAILS);
+	assert_string_equal(p.packet.subject_id, "r1");
+	assert_string_equal(p.packet.request_id, "r2");
 	assert_true(strstr(p.payload, "\"router_incoming_timestamp\":1764087000.500000}") != NULL);
 	wire_packet_free(&p);
 	t = cases[3]; /* no data: an empty one is added */
