@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 
 -- Facts about the router itself, one row per key.
 CREATE TABLE IF NOT EXISTS router_meta (
-    key               TEXT PRIMARY KEY,   -- schema_version, started_at, last_backend_ping, backend_attached
+    key               TEXT PRIMARY KEY,   -- schema_version, started_at, last_backend_ping, backend_attached, pid, stopped_at
     value             TEXT
 ) WITHOUT ROWID;
 

@@ -41,9 +41,9 @@ int log_level_parse(const char *name, enum log_level *out)
 }
 
 /* Messages quote what clients sent (agent ids, versions, reasons): a line
- * must stay one line and plain text whatever they hold, so control
- * characters, backslashes and bytes outside ASCII are written as \xNN
- * (\n, \r, \t by name), and the message is cut to fit out (outlen - 1
+ * must stay one line and plain text whatever they hold, so a backslash is
+ * written as \\, \n, \r and \t by name, other control characters and
+ * bytes outside ASCII as \xNN, and the message is cut to fit out (outlen - 1
  * bytes and a NUL). Returns the length written. */
 static size_t escape(char *out, size_t outlen, const char *in)
 {

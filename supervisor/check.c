@@ -4,6 +4,7 @@
 #include "supervisor.h"
 
 #include "../core/ipc.h"
+#include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,7 +59,7 @@ static int state_path_usable(const char *path, char *err, size_t errlen)
 			snprintf(err, errlen, "state_path %s: %s", path, strerror(errno));
 			return -1;
 		}
-		return 0;
+		return store_check_file(path, err, errlen);
 	}
 	snprintf(copy, sizeof copy, "%s", path);
 	if (access(dirname(copy), W_OK | X_OK) < 0) {

@@ -136,6 +136,27 @@ static int check_version(sqlite3 *db, char *err, size_t errlen)
 	return 0;
 }
 
+int store_check_file(const char *path, char *err, size_t errlen)
+{
+	sqlite3 *db = NULL;
+	char why[256] = "";
+	int rc = -1;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+		snprintf(why, sizeof why, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+	} else {
+		sqlite3_busy_timeout(db, 2000);
+		/* reading the schema is what tells a database from another file */
+		if (exec(db, "SELECT count(*) FROM sqlite_master", why, sizeof why) == 0 &&
+		    check_version(db, why, sizeof why) == 0)
+			rc = 0;
+	}
+	if (rc < 0)
+		snprintf(err, errlen, "state_path %s: %s", path, why);
+	sqlite3_close(db);
+	return rc;
+}
+
 static int apply_schema(sqlite3 *db, char *err, size_t errlen)
 {
 	if (exec(db, "BEGIN IMMEDIATE", err, errlen) < 0)

@@ -86,4 +86,9 @@ void store_stage_meta(struct store *s, const char *key, const char *value);
  * (logged). */
 int store_set_meta(struct store *s, const char *key, const char *value);
 
+/* Whether the file at path is a state database this binary can use: an
+ * SQLite database whose schema version is not newer than its own (opened
+ * read-only; --check-config, before a start or a reload). */
+int store_check_file(const char *path, char *err, size_t errlen);
+
 #endif

@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -619,6 +620,9 @@ int worker_main(int slot)
 	worker_slot = slot;
 	snprintf(name, sizeof name, "worker %d", slot);
 	log_init(name);
+	/* It runs /proc/self/exe, so its name would be "exe": named as the
+	 * supervisor, pgrep and ps -C find the whole router. */
+	prctl(PR_SET_NAME, "mephisto-router");
 	signal(SIGPIPE, SIG_IGN);
 	/* Ctrl-C reaches the whole process group; the supervisor drives the
 	 * shutdown. */

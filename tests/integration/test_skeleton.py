@@ -190,6 +190,8 @@ def test_process_tree(router):
         assert st[2] == router.pid
         args = read_cmdline(pid)
         assert args[-2:] == ["--worker", str(slot)], args
+        # named as the router, not "exe" (it runs /proc/self/exe)
+        assert st[0] == "mephisto-router", st
     assert "--worker" not in read_cmdline(router.pid)
 
 
@@ -434,6 +436,38 @@ def test_check_config_ok(cli, tmp_path):
     # nothing listens after a check
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_check_config_checks_the_database_as_the_start_does(cli, tmp_path):
+    """A state_path that is not a database, or is one of a newer schema,
+    fails --check-config as it fails the start (exit 2, the same reason)."""
+    import sqlite3
+    port = free_port()
+    path = tmp_path / "db.conf"
+    path.write_text("\n".join(valid_config_lines(tmp_path, port)) + "\n")
+    db = tmp_path / "state.db"
+    db.write_text("this is not a database\n" * 100)
+    res = cli(["--config", str(path), "--check-config"])
+    assert res.returncode == 2 and "state_path %s" % db in res.stderr, res
+    assert "not a database" in res.stderr, res
+    start = cli(["--config", str(path)], timeout=10)
+    assert start.returncode == 2 and "not a database" in start.stderr, start
+    db.unlink()
+    con = sqlite3.connect(str(db))
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    res = cli(["--config", str(path), "--check-config"])
+    assert res.returncode == 2 and "schema version 99 is newer" in res.stderr, res
+    start = cli(["--config", str(path)], timeout=10)
+    assert start.returncode == 2 and "schema version 99 is newer" in start.stderr, start
+    # a database of this version passes, and the check leaves it as it was
+    db.unlink()
+    con = sqlite3.connect(str(db))
+    con.execute("PRAGMA user_version = 2")
+    con.close()
+    before = db.read_bytes()
+    assert cli(["--config", str(path), "--check-config"]).returncode == 0
+    assert db.read_bytes() == before
 
 
 def test_check_config_embedded_default(cli, tmp_path):
