@@ -3,7 +3,11 @@
 #   make            dependencies (first time: Debian packages and a static
 #                   libwebsockets with libevent, see dist/deps.sh), then the binary
 #   make run        build, then run the router on the embedded default config
-#   make test       build, then unit and integration tests
+#   make test       every test suite, one after another (what CI runs, but
+#                   the timed fuzzing): unit and integration, both again
+#                   under ASan + UBSan, the fault suite, each fuzz harness
+#                   over its corpus, Mephisto's launchers, real browsers
+#   make test-quick build, then unit and integration tests (about 2 minutes)
 #   make asan       the same binary with AddressSanitizer + UBSan (build/asan/)
 #   make test-asan  unit and integration tests against the ASan build
 #   make install    binary to $(PREFIX)/bin, systemd unit to /etc/systemd/system
@@ -34,7 +38,7 @@ ROUTER_OBJ := $(ROUTER_SRC:%.c=$(OUT)/obj/%.o) $(OUT)/obj/supervisor/schema.o
 CORE_OBJ := $(CORE_SRC:%.c=$(OUT)/obj/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(OUT)/tests/%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps run test test-unit test-integration asan test-asan install uninstall clean
+.PHONY: all deps run test test-quick test-unit test-integration asan test-asan install uninstall clean
 
 all: $(OUT)/mephisto-router
 
@@ -64,7 +68,16 @@ $(OUT)/tests/test_%: tests/unit/test_%.c $(CORE_OBJ) $(OUT)/obj/supervisor/store
 run: all
 	./$(OUT)/mephisto-router
 
-test: test-unit test-integration
+# One suite after another, whatever -j says (they share the machine).
+test:
+	$(MAKE) test-quick
+	$(MAKE) test-asan
+	$(MAKE) test-faults
+	$(MAKE) fuzz-regress
+	$(MAKE) test-launcher
+	$(MAKE) test-browser
+
+test-quick: test-unit test-integration
 
 # Garbage IPC input may claim a huge msgpack array; the reader must get
 # NULL from malloc and report it, so ASan must not abort first.
@@ -82,7 +95,7 @@ asan:
 	$(MAKE) OUT=build/asan SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 
 test-asan:
-	$(MAKE) OUT=build/asan SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+	$(MAKE) OUT=build/asan SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test-quick
 
 install: all
 	install -D -m 0755 $(OUT)/mephisto-router $(DESTDIR)$(PREFIX)/bin/mephisto-router

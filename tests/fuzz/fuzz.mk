@@ -23,8 +23,8 @@ FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -O1 -g \
 	-DMR_VERSION='"$(VERSION)"' -I$(LWS)/include $(FUZZ_SAN) -MMD -MP
 FUZZ_HARNESSES ?= fuzz_wire fuzz_ipc fuzz_config fuzz_http_head fuzz_multipart
 
-# what each harness links besides its own file: all of core/ (IO-free,
-# shared by both processes, so new files there need no change here)
+# what each harness links besides its own file: all of core/ (shared by
+# both processes, so new files there need no change here)
 FUZZ_CORE_OBJ := $(patsubst %.c,%,$(wildcard core/*.c))
 FUZZ_HTTP_OBJ := worker/dispatch worker/http worker/endpoints worker/static worker/upload \
 	worker/ws worker/wire tests/fuzz/http_driver $(FUZZ_CORE_OBJ)
