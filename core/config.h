@@ -13,6 +13,11 @@
 
 #define CONFIG_MAX_WORKERS 64
 
+/* Exit code of a process whose configuration cannot work: the supervisor
+ * at start, or a worker that cannot serve with the config it was given.
+ * Such a worker is not respawned. */
+#define EXIT_CONFIG 2
+
 /* "a.b.c.d:port", "[v6]:port" or "none" into address and port (0 for
  * none). Returns 0 or -1. */
 int config_endpoint(const char *text, char *addr, size_t addrlen, int *port);

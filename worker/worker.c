@@ -13,7 +13,6 @@
 #include "../core/map.h"
 #include "../core/peer.h"
 #include "../core/xalloc.h"
-#include "../supervisor/supervisor.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -63,6 +62,15 @@ void worker_ipc_flush(void)
 }
 
 int worker_ipc_paused(void) { return paused; }
+
+/* What ws.c and http.c are given of this process. */
+static const struct worker_env env = {
+	.cfg = &worker_cfg,
+	.stats = &worker_stats,
+	.send = worker_send,
+	.flush = worker_ipc_flush,
+	.paused = worker_ipc_paused,
+};
 
 static int accept_backoff; /* accept() failed (EMFILE): paused 100 ms */
 static int listening = 1;
@@ -555,6 +563,7 @@ static int worker_start(const struct ipc_message *m)
 			    (size_t)worker_cfg.ipc_buffer_bytes / 2);
 	peer_raise_max(ipc, ipc_max_message(worker_cfg.max_message_bytes,
 					    worker_cfg.backend_max_frame_bytes));
+	ws_init(&env);
 	configured = 1;
 	{
 		struct ipc_message hello = { .type = IPC_HELLO_WORKER };

@@ -53,7 +53,21 @@ int worker_is_metrics_connection(struct lws *wsi);
 int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		    void *in, size_t len, int guard_lws_bugs);
 
+/* What the protocol handlers (ws.c, http.c) need of their process, handed
+ * to them (ws_init) rather than reached for: worker.c makes the real one;
+ * the fuzz driver and the unit tests make their own. */
+struct worker_env {
+	const struct config *cfg;
+	struct worker_stats *stats;
+	/* IPC to the supervisor: send one message; write what is packed now;
+	 * whether the worker stopped reading clients (IPC backpressure) */
+	void (*send)(const struct ipc_message *m);
+	void (*flush)(void);
+	int (*paused)(void);
+};
+
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
+void ws_init(const struct worker_env *env);
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		struct session *s, void *in, size_t len);
 void ws_send(uint64_t conn, uint64_t seq, const char *data, size_t len);

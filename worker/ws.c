@@ -71,12 +71,18 @@ _Static_assert(WIRE_OUTGOING_STAMP_BYTES <= IPC_STAMP_BYTES,
 /* dist/lws-patches/0003: lws still holds the rest of a short send. */
 int lws_mr_has_buffered_out(struct lws *wsi);
 
+static const struct worker_env *env; /* ws_init() */
 static struct idtable conns;
 
 /* The frames of one write, for any connection: lws_write() is done with
  * the buffer when it returns (it copies what the kernel did not take). */
 static unsigned char *batch;
 static size_t batch_cap;
+
+void ws_init(const struct worker_env *e)
+{
+	env = e;
+}
 
 static struct conn *conn_new(struct lws *wsi)
 {
@@ -104,7 +110,7 @@ static void refuse_send(uint64_t conn, uint64_t seq)
 		return;
 	m.ws_written.conn = conn;
 	m.ws_written.seq = seq;
-	worker_send(&m);
+	env->send(&m);
 }
 
 /* What was not written: the supervisor still has it (see the top). */
@@ -136,9 +142,9 @@ size_t ws_count(void) { return conns.count; }
  * heartbeats. */
 static size_t send_bound(void)
 {
-	int64_t packet = worker_cfg.max_message_bytes > worker_cfg.backend_max_frame_bytes
-				 ? worker_cfg.max_message_bytes
-				 : worker_cfg.backend_max_frame_bytes;
+	int64_t packet = env->cfg->max_message_bytes > env->cfg->backend_max_frame_bytes
+				 ? env->cfg->max_message_bytes
+				 : env->cfg->backend_max_frame_bytes;
 
 	return IPC_SEND_WINDOW + 2 * (size_t)packet + (1 << 20);
 }
@@ -251,8 +257,8 @@ static const char *fields_too_long(const struct packet *f);
 /* ---- who may become the backend (backend_allow, trusted_proxies) ---- */
 
 static struct cidr_list backend_allow, trusted_proxies;
-static char parsed_allow[sizeof worker_cfg.backend_allow] = "\x01";
-static char parsed_proxies[sizeof worker_cfg.trusted_proxies] = "\x01";
+static char parsed_allow[sizeof ((struct config *)0)->backend_allow] = "\x01";
+static char parsed_proxies[sizeof ((struct config *)0)->trusted_proxies] = "\x01";
 static struct {
 	char addr[64];
 } refused_logged[64]; /* addresses already logged (then only counted) */
@@ -263,17 +269,17 @@ static void access_lists_update(void)
 {
 	char err[128];
 
-	if (strcmp(parsed_allow, worker_cfg.backend_allow) != 0) {
-		if (cidr_list_parse(worker_cfg.backend_allow, &backend_allow, err, sizeof err) < 0)
+	if (strcmp(parsed_allow, env->cfg->backend_allow) != 0) {
+		if (cidr_list_parse(env->cfg->backend_allow, &backend_allow, err, sizeof err) < 0)
 			memset(&backend_allow, 0, sizeof backend_allow); /* checked at load */
-		snprintf(parsed_allow, sizeof parsed_allow, "%s", worker_cfg.backend_allow);
+		snprintf(parsed_allow, sizeof parsed_allow, "%s", env->cfg->backend_allow);
 		nrefused_logged = 0;
 	}
-	if (strcmp(parsed_proxies, worker_cfg.trusted_proxies) != 0) {
-		if (cidr_list_parse(worker_cfg.trusted_proxies, &trusted_proxies, err,
+	if (strcmp(parsed_proxies, env->cfg->trusted_proxies) != 0) {
+		if (cidr_list_parse(env->cfg->trusted_proxies, &trusted_proxies, err,
 				    sizeof err) < 0)
 			memset(&trusted_proxies, 0, sizeof trusted_proxies);
-		snprintf(parsed_proxies, sizeof parsed_proxies, "%s", worker_cfg.trusted_proxies);
+		snprintf(parsed_proxies, sizeof parsed_proxies, "%s", env->cfg->trusted_proxies);
 	}
 }
 
@@ -339,7 +345,7 @@ static int refuse_backend(struct lws *wsi, struct conn *c)
 {
 	size_t i;
 
-	worker_stats.backend_refused++;
+	env->stats->backend_refused++;
 	for (i = 0; i < nrefused_logged; i++)
 		if (strcmp(refused_logged[i].addr, c->client) == 0)
 			break;
@@ -348,8 +354,8 @@ static int refuse_backend(struct lws *wsi, struct conn *c)
 			 "that address is not in backend_allow (%s). Add it there to let "
 			 "a remote backend in (%llu refused by this worker so far; each "
 			 "address is logged once)", (unsigned long long)c->id, c->client,
-			 worker_cfg.backend_allow,
-			 (unsigned long long)worker_stats.backend_refused);
+			 env->cfg->backend_allow,
+			 (unsigned long long)env->stats->backend_refused);
 		if (nrefused_logged < sizeof refused_logged / sizeof refused_logged[0])
 			snprintf(refused_logged[nrefused_logged++].addr,
 				 sizeof refused_logged[0].addr, "%s", c->client);
@@ -369,7 +375,7 @@ static struct map *buckets;
 
 static int address_may_add_agent(const char *addr)
 {
-	double cap = (double)worker_cfg.max_agents_per_address, now = wire_now();
+	double cap = (double)env->cfg->max_agents_per_address, now = wire_now();
 	struct bucket *b;
 
 	if (buckets == NULL || map_count(buckets) >= 10000) {
@@ -414,7 +420,7 @@ static int agent_allowed(struct conn *c, const char *id)
 {
 	static double last_address_log;
 	uint32_t h = 2166136261u;
-	unsigned max = (unsigned)worker_cfg.max_agents_per_connection;
+	unsigned max = (unsigned)env->cfg->max_agents_per_connection;
 
 	for (const unsigned char *p = (const unsigned char *)id; *p; p++)
 		h = (h ^ *p) * 16777619u;
@@ -423,27 +429,27 @@ static int agent_allowed(struct conn *c, const char *id)
 			return 1;
 	if (c->nagents < max && c->nagents < sizeof c->agents / sizeof c->agents[0]) {
 		if (!address_may_add_agent(c->client)) {
-			worker_stats.agents_refused++;
+			env->stats->agents_refused++;
 			if (wire_now() - last_address_log >= 60) {
 				last_address_log = wire_now();
 				log_warn("%s: more than max_agents_per_address (%d) new agents "
 					 "a minute; dropped (%llu so far in this worker; logged "
 					 "once a minute)", c->client,
-					 worker_cfg.max_agents_per_address,
-					 (unsigned long long)worker_stats.agents_refused);
+					 env->cfg->max_agents_per_address,
+					 (unsigned long long)env->stats->agents_refused);
 			}
 			return 0;
 		}
 		c->agents[c->nagents++] = h;
 		return 1;
 	}
-	worker_stats.agents_refused++;
+	env->stats->agents_refused++;
 	if (!c->agents_warned) {
 		c->agents_warned = 1;
 		log_warn("conn %llu from %s: alive for more than max_agents_per_connection "
 			 "(%u) agents; dropped (%llu so far in this worker)",
 			 (unsigned long long)c->id, c->client, max,
-			 (unsigned long long)worker_stats.agents_refused);
+			 (unsigned long long)env->stats->agents_refused);
 	}
 	return 0;
 }
@@ -454,7 +460,7 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 	const char *bound;
 	char why[256];
 	int rc = wire_parse(text, len, wire_now(),
-			    (size_t)worker_cfg.backend_max_frame_bytes, &p, why, sizeof why);
+			    (size_t)env->cfg->backend_max_frame_bytes, &p, why, sizeof why);
 
 	if (rc == 0 && (bound = fields_too_long(&p.packet)) != NULL) {
 		snprintf(why, sizeof why, "%s", bound);
@@ -462,7 +468,7 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 	}
 	if (rc < 0) {
 		c->invalid_packets++;
-		worker_stats.invalid_packets++;
+		env->stats->invalid_packets++;
 		if (!c->warned) {
 			c->warned = 1;
 			log_warn("conn %llu: dropped an invalid packet (%s); further ones "
@@ -485,13 +491,13 @@ static int forward_packet(struct lws *wsi, struct conn *c, const char *text, siz
 		}
 		c->backend = 1;
 	}
-	worker_stats.packets_in++;
+	env->stats->packets_in++;
 	{
 		struct ipc_message m = { .type = IPC_WS_PACKET };
 
 		m.ws_packet.conn = c->id;
 		m.ws_packet.packet = p.packet;
-		worker_send(&m);
+		env->send(&m);
 	}
 	wire_packet_free(&p);
 	return 0;
@@ -511,7 +517,7 @@ static const char *fields_too_long(const struct packet *f)
 
 static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t len)
 {
-	size_t max = (size_t)worker_cfg.max_message_bytes;
+	size_t max = (size_t)env->cfg->max_message_bytes;
 	int rc;
 
 	if (lws_frame_is_binary(wsi)) {
@@ -588,9 +594,9 @@ static void report_written(struct conn *c, uint64_t seq)
 
 	m.ws_written.conn = c->id;
 	m.ws_written.seq = seq;
-	worker_send(&m);
+	env->send(&m);
 	if (c->backend)
-		worker_ipc_flush();
+		env->flush();
 }
 
 static int on_writeable(struct lws *wsi, struct conn *c)
@@ -638,10 +644,10 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 			if (m->seq != 0)
 				last_seq = m->seq;
 			if (written && m->answers > 0)
-				ipc_latency_count(worker_stats.heartbeat,
-						  &worker_stats.heartbeat_sum,
+				ipc_latency_count(env->stats->heartbeat,
+						  &env->stats->heartbeat_sum,
 						  fmax(0, wire_now() - m->answers));
-			worker_stats.packets_out += written;
+			env->stats->packets_out += written;
 			free(m);
 		}
 		/* Reported once the kernel has all of it: after a short send,
@@ -684,10 +690,10 @@ int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_ESTABLISHED:
 		s->conn = conn_new(wsi);
 		conn_identify(wsi, s->conn);
-		worker_stats.websockets++;
-		worker_send(&(struct ipc_message){ .type = IPC_WS_OPENED,
+		env->stats->websockets++;
+		env->send(&(struct ipc_message){ .type = IPC_WS_OPENED,
 						   .ws_conn = { s->conn->id } });
-		if (worker_ipc_paused()) {
+		if (env->paused()) {
 			s->conn->paused = 1;
 			lws_rx_flow_control(wsi, 0);
 		}
@@ -698,11 +704,11 @@ int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return s->conn ? on_writeable(wsi, s->conn) : 0;
 	case LWS_CALLBACK_CLOSED:
 		if (s->conn != NULL) {
-			worker_send(&(struct ipc_message){ .type = IPC_WS_CLOSED,
+			env->send(&(struct ipc_message){ .type = IPC_WS_CLOSED,
 							   .ws_conn = { s->conn->id } });
 			conn_free(s->conn);
 			s->conn = NULL;
-			worker_stats.websockets--;
+			env->stats->websockets--;
 		}
 		return 0;
 	default:

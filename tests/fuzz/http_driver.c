@@ -214,6 +214,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		die("%s", err);
 	msgpack_sbuffer_init(&ipc_out);
 	msgpack_packer_init(&packer, &ipc_out, msgpack_sbuffer_write);
+	{
+		static const struct worker_env env = {
+			.cfg = &worker_cfg, .stats = &worker_stats, .send = worker_send,
+			.flush = worker_ipc_flush, .paused = worker_ipc_paused,
+		};
+
+		ws_init(&env);
+	}
 
 	memset(&info, 0, sizeof info);
 	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
