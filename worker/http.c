@@ -33,7 +33,16 @@ static struct idtable pending;
 /* Bytes of request bodies held in memory now (body_memory_bytes). */
 static size_t body_memory;
 
-/* ---- requests ---- */
+/* ---- requests ----
+ *
+ * The session is lws's user data of our protocol, and lws frees it and
+ * makes a new, zeroed one whenever it binds the protocol to the
+ * connection again (lws_bind_protocol): when a keep-alive transaction
+ * completes (lws_http_transaction_completed) and when the next request's
+ * head arrives, and no callback we handle says so. So a request lives
+ * within its transaction: it is freed before the transaction is
+ * completed, whoever completes it (on_writeable, static_send_piece,
+ * http_file_done), or its pointer is lost with the session. */
 
 struct http_req *http_req_get(struct session *s)
 {
@@ -138,6 +147,22 @@ static void count_time(struct session *s)
 	worker_stats.latency[s->endpoint][b]++;
 	worker_stats.latency_sum[s->endpoint] += t;
 	s->endpoint = -1;
+}
+
+/* A file that lws sends (lws_serve_http_file) is done, or is about to be
+ * (a HEAD, whose transaction lws completes itself): counted and logged
+ * once, and the request freed before lws completes the transaction and
+ * frees the session. */
+void http_file_done(struct lws *wsi, struct session *s, unsigned int status)
+{
+	if (s->endpoint >= 0) { /* not counted yet */
+		worker_stats.http_requests++;
+		if (status >= 400)
+			worker_stats.http_errors++;
+	}
+	access_line(wsi, s->req, status, -1);
+	count_time(s);
+	http_req_free(s);
 }
 
 /* Prepare the whole answer (content_length announced, len bytes of body
@@ -560,7 +585,10 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		return post_body(wsi, s, in, len);
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
 		lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
-		if (s->req == NULL || s->req->answer != NULL || s->req->pending)
+		/* not a POST (a GET with a body; access_log makes a request
+		 * for every method), already answered, or handed over */
+		if (s->req == NULL || s->req->post == NULL || s->req->answer != NULL ||
+		    s->req->pending)
 			return 0;
 		return post_complete(wsi, s);
 	case LWS_CALLBACK_TIMER: /* the body's deadline (post_start) */
@@ -575,9 +603,7 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return on_writeable(wsi, s);
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
-		worker_stats.http_requests++;
-		access_line(wsi, s->req, HTTP_STATUS_OK, -1);
-		count_time(s);
+		http_file_done(wsi, s, HTTP_STATUS_OK);
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
 		http_req_free(s);

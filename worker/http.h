@@ -76,6 +76,10 @@ uint64_t http_pending_add(struct lws *wsi, struct http_req *r);
 /* The connection whose request the supervisor answers by id, no longer
  * waiting; NULL when its client is gone. */
 struct lws *http_pending_take(uint64_t id);
+/* A file sent by lws is done (FILE_COMPLETION, or a HEAD that lws completes
+ * itself): counts and logs it and frees the request, which must happen
+ * before lws_http_transaction_completed() (it frees the session). */
+void http_file_done(struct lws *wsi, struct session *s, unsigned int status);
 /* Our headers (X-Router-Worker, Cache-Control), appended to an lws header
  * buffer. */
 int http_add_router_headers(struct lws *wsi, unsigned char **p, unsigned char *end);

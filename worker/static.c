@@ -119,7 +119,7 @@ static int serve_file(struct lws *wsi, struct session *s, const char *uri)
 	char path[PATH_MAX];
 	unsigned char headers[HEADER_BUF], *p = headers;
 	const char *type;
-	int n;
+	int n, head;
 
 	if (resolve_static(uri, path, sizeof path) < 0)
 		return http_answer_error(wsi, s, HTTP_STATUS_NOT_FOUND, "not found", 0);
@@ -127,10 +127,21 @@ static int serve_file(struct lws *wsi, struct session *s, const char *uri)
 	if (http_add_router_headers(wsi, &p, headers + sizeof headers - 1))
 		return -1;
 	*p = '\0';
+	/* A HEAD's transaction lws completes inside lws_serve_http_file(),
+	 * which frees the session (see http.c): the request is done before,
+	 * and s is not used after. A GET's ends at FILE_COMPLETION. */
+	head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
+	if (head)
+		http_file_done(wsi, s, HTTP_STATUS_OK);
 	n = lws_serve_http_file(wsi, path, type, (const char *)headers,
 				(int)(p - headers));
-	if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi)))
+	if (n < 0)
 		return -1;
+	if (n > 0) { /* lws could not open it, and answered 404 itself */
+		if (!head)
+			http_file_done(wsi, s, HTTP_STATUS_NOT_FOUND);
+		return lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
 	return 0;
 }
 
