@@ -19,6 +19,7 @@ static int needs_session(enum lws_callback_reasons reason)
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 	case LWS_CALLBACK_TIMER:
 		return 1;
 	default:
@@ -37,7 +38,8 @@ int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		 * before its timeout, a malformed request, an unknown method.
 		 * Nothing of ours to clean up; anything else closes it. */
 		return reason == LWS_CALLBACK_CLOSED || reason == LWS_CALLBACK_CLOSED_HTTP ||
-				       reason == LWS_CALLBACK_HTTP_FILE_COMPLETION
+				       reason == LWS_CALLBACK_HTTP_FILE_COMPLETION ||
+				       reason == LWS_CALLBACK_HTTP_DROP_PROTOCOL
 			       ? 0 : -1;
 	/* Two bugs of lws 4.1.6 that a client can set off (found by
 	 * tests/fuzz/fuzz_http_head):
@@ -69,6 +71,7 @@ int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 	case LWS_CALLBACK_TIMER:
 		return http_callback(wsi, reason, s, in, len);
 	default:

@@ -608,6 +608,16 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_CLOSED_HTTP:
 		http_req_free(s);
 		return 0;
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		/* lws frees the session next and binds a fresh one (a
+		 * keep-alive connection between requests): a request still
+		 * attached would be lost. http_file_done() and the answers free
+		 * theirs first; this catches any path that does not. */
+		if (s->req != NULL) {
+			log_debug("a request still attached as lws drops the session; freed");
+			http_req_free(s);
+		}
+		return 0;
 	default:
 		return 0;
 	}
