@@ -1,5 +1,6 @@
 /* The supervisor process: binds the port, owns the state database, forks
- * and watches the workers, and is the hub of their IPC. */
+ * and watches the workers (pool.c), and is the hub of their IPC (hub.c);
+ * supervisor.c starts, signals and stops it. */
 #ifndef MR_SUPERVISOR_H
 #define MR_SUPERVISOR_H
 
