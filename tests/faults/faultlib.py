@@ -46,24 +46,33 @@ def session():
     return s
 
 
-def is_alive_on_each_worker(r, slots=(1, 2), max_attempts=60):
-    """GET /is_alive on new connections until each slot answered 200 (new
-    connections land on whichever worker is free). Returns {slot: status}."""
+def is_alive_on_each_worker(r, slots=(1, 2), max_attempts=60, burst=4):
+    """GET /is_alive on new connections until each slot answered 200. New
+    connections land on whichever worker is free first, and an idle worker
+    may win every time on a loaded machine: each attempt opens `burst`
+    connections at once (a worker takes one per wakeup, so the others go to
+    the next free one). Returns {slot: status}."""
+    import concurrent.futures
     seen = {}
     deadline = time.monotonic() + 10
-    for attempt in range(max_attempts):
+
+    def one(_):
         try:
-            resp = r.get("/is_alive", timeout=3)
+            return r.get("/is_alive", timeout=3)
         except requests.RequestException as e:
-            seen.setdefault("errors", []).append(repr(e))
+            return e
+    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+        for attempt in range(max_attempts):
+            for resp in pool.map(one, range(burst)):
+                if isinstance(resp, Exception):
+                    seen.setdefault("errors", []).append(repr(resp))
+                    continue
+                w = resp.headers.get("X-Router-Worker")
+                if w is not None and w.isdigit():
+                    seen[int(w)] = resp.status_code
+            if all(s in seen for s in slots) or time.monotonic() > deadline:
+                break
             miss_pause(attempt)
-            continue
-        w = resp.headers.get("X-Router-Worker")
-        if w is not None and w.isdigit():
-            seen[int(w)] = resp.status_code
-        if all(s in seen for s in slots) or time.monotonic() > deadline:
-            break
-        miss_pause(attempt)
     return seen
 
 
