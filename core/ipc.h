@@ -139,6 +139,11 @@ static inline void ipc_latency_count(uint64_t buckets[IPC_LATENCY_BUCKETS + 1],
 	*sum += seconds;
 }
 
+/* What an HTTP request needs of routing (HTTP_REQUEST's flags). */
+#define IPC_HTTP_WAIT_DETAILS 1u /* answer with the agent_details for request_id */
+#define IPC_HTTP_FORGET_AGENT 2u /* drop agent_id's local state */
+#define IPC_HTTP_PRECIOUS 4u     /* a submission: never dropped for other traffic */
+
 /* One message, typed: `type` says which member of the union holds its
  * fields, each named as where it comes from and goes (a WebSocket packet
  * is the struct packet route.c routes). Strings travel with their NUL, so
@@ -163,7 +168,7 @@ struct ipc_message {
 		struct { uint64_t conn, seq; } ws_written;
 		struct {
 			uint64_t req;
-			uint32_t flags; /* ROUTE_HTTP_* */
+			uint32_t flags; /* IPC_HTTP_* */
 			const char *agent_id, *request_id;
 			const char *packet; /* the packet the request became */
 			size_t len;

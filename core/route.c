@@ -1451,7 +1451,7 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 	struct durable_answer *d;
 	struct qitem *item;
 
-	if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL) {
+	if ((flags & IPC_HTTP_WAIT_DETAILS) && request_id != NULL) {
 		struct waiting *w = calloc(1, sizeof *w);
 		if (w == NULL)
 			fatal("out of memory");
@@ -1466,18 +1466,18 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 		}
 	}
 	item = to_backend(r, payload, len, agent_id ? agent_id : "",
-			  (flags & ROUTE_HTTP_PRECIOUS) != 0, now);
+			  (flags & IPC_HTTP_PRECIOUS) != 0, now);
 	if (item == NULL) { /* the backend's queue is full of submissions */
-		if ((flags & ROUTE_HTTP_WAIT_DETAILS) && request_id != NULL)
+		if ((flags & IPC_HTTP_WAIT_DETAILS) && request_id != NULL)
 			free_waiting(map_del(r->waiting, request_id, strlen(request_id)));
 		http_answer_error(r, worker, req, 503,
 				  "the backend's queue is full; try again");
 		return;
 	}
 	/* Accepted: only now is the agent's local state dropped. */
-	if ((flags & ROUTE_HTTP_FORGET_AGENT) && agent_id != NULL)
+	if ((flags & IPC_HTTP_FORGET_AGENT) && agent_id != NULL)
 		agent_forget(r, agent_id);
-	if (flags & ROUTE_HTTP_WAIT_DETAILS)
+	if (flags & IPC_HTTP_WAIT_DETAILS)
 		return; /* answered by the backend's agent_details */
 	/* "200" is a promise: given once the packet is written to the
 	 * backend's socket (route_ws_sent) or committed to the store

@@ -25,6 +25,7 @@
 #ifndef MR_ROUTE_H
 #define MR_ROUTE_H
 
+#include "ipc.h" /* IPC_HTTP_* request flags */
 #include "packet.h"
 
 #include <stddef.h>
@@ -74,10 +75,6 @@ struct route_action {
 	size_t len;
 };
 
-/* HTTP request flags */
-#define ROUTE_HTTP_WAIT_DETAILS 1u /* answer with the agent_details for request_id */
-#define ROUTE_HTTP_FORGET_AGENT 2u /* drop agent_id's local state */
-#define ROUTE_HTTP_PRECIOUS 4u /* a submission: never dropped for other traffic */
 
 struct route_stats {
 	uint64_t packets_routed;
@@ -152,8 +149,8 @@ void route_unsent(struct route *r, uint32_t worker, uint64_t conn, uint64_t seq,
 		  double now);
 
 /* An HTTP request turned into a packet for the backend. payload is sent to
- * the backend (or queued). With ROUTE_HTTP_FORGET_AGENT, agent_id's state
- * is dropped. With ROUTE_HTTP_WAIT_DETAILS, the request waits for an
+ * the backend (or queued). With IPC_HTTP_FORGET_AGENT, agent_id's state
+ * is dropped. With IPC_HTTP_WAIT_DETAILS, the request waits for an
  * agent_details with request_id, at most request_timeout seconds (then it
  * is answered 408 with a JSON error). Otherwise the packet is stored and
  * the request is answered (ROUTE_HTTP_ANSWER, status 200, no data) once the

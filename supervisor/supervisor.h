@@ -4,12 +4,7 @@
 #ifndef MR_SUPERVISOR_H
 #define MR_SUPERVISOR_H
 
-#include "../core/config.h"
-
-/* Exit code of a process whose configuration cannot work: the supervisor
- * at start, or a worker that cannot serve with the config it was given.
- * Such a worker is not respawned. */
-#define EXIT_CONFIG 2
+#include "../core/config.h" /* and EXIT_CONFIG */
 
 /* Run the router until SIGTERM/SIGINT. config_path may be NULL (embedded
  * default; SIGHUP then has nothing to re-read). self_exe is what workers

@@ -3,7 +3,7 @@
  * answers it.
  *
  * GET endpoints are answered by their row's function. A POST endpoint's
- * row names the packet it becomes for the backend, the ROUTE_HTTP_* flags
+ * row names the packet it becomes for the backend, the IPC_HTTP_* flags
  * the supervisor handles it with, the answer once the supervisor has the
  * packet, and its builder: a small function, named after the endpoint,
  * that makes the packet's data and ids out of the request body (http.c
@@ -13,7 +13,6 @@
 
 #include "../core/ipc.h"
 #include "../core/packet.h"
-#include "../core/route.h"
 #include "wire.h"
 
 #include <jansson.h>
@@ -50,7 +49,7 @@ static int answer_metrics(struct lws *wsi, struct session *s, const char *rest)
 	uint64_t id = http_pending_add(wsi, http_req_get(s));
 
 	(void)rest;
-	worker_send(&(struct ipc_message){ .type = IPC_METRICS_REQUEST,
+	http_env->send(&(struct ipc_message){ .type = IPC_METRICS_REQUEST,
 					   .metrics_request = { .req = id } });
 	return 0;
 }
@@ -232,17 +231,17 @@ static const struct endpoint endpoints[] = {
 	  .histogram = IPC_EP_METRICS, .answer = answer_metrics },
 	{ .path = "/request_agent", .method = ENDPOINT_POST,
 	  .histogram = IPC_EP_REQUEST_AGENT, .packet_type = "register_agent",
-	  .flags = ROUTE_HTTP_WAIT_DETAILS, .build = build_request_agent },
+	  .flags = IPC_HTTP_WAIT_DETAILS, .build = build_request_agent },
 	{ .path = "/submit_onboarding", .method = ENDPOINT_POST,
 	  .histogram = IPC_EP_SUBMIT_ONBOARDING, .packet_type = "submit_onboarding",
-	  .flags = ROUTE_HTTP_WAIT_DETAILS | ROUTE_HTTP_FORGET_AGENT | ROUTE_HTTP_PRECIOUS,
+	  .flags = IPC_HTTP_WAIT_DETAILS | IPC_HTTP_FORGET_AGENT | IPC_HTTP_PRECIOUS,
 	  .build = build_submit_onboarding },
 	{ .path = "/submit_task", .method = ENDPOINT_POST, .histogram = IPC_EP_SUBMIT_TASK,
-	  .packet_type = "submit_unit", .flags = ROUTE_HTTP_PRECIOUS | ROUTE_HTTP_FORGET_AGENT,
+	  .packet_type = "submit_unit", .flags = IPC_HTTP_PRECIOUS | IPC_HTTP_FORGET_AGENT,
 	  .ok_body = "{\"status\": \"Submitted!\"}", .build = build_submit_task },
 	{ .path = "/submit_metadata", .method = ENDPOINT_POST,
 	  .histogram = IPC_EP_SUBMIT_METADATA, .packet_type = "submit_metadata",
-	  .flags = ROUTE_HTTP_PRECIOUS, .ok_body = "{\"status\": \"Submitted metadata\"}",
+	  .flags = IPC_HTTP_PRECIOUS, .ok_body = "{\"status\": \"Submitted metadata\"}",
 	  .build = build_submit_metadata },
 	{ .path = "/log_error", .method = ENDPOINT_POST, .histogram = IPC_EP_LOG_ERROR,
 	  .packet_type = "log_error", .flags = 0,

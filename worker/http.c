@@ -28,6 +28,15 @@
 #include <unistd.h>
 
 /* Requests waiting for the supervisor, by the id sent in HTTP_REQUEST. */
+
+/* What the HTTP side is given of its process (http_init); http.h. */
+const struct worker_env *http_env;
+
+void http_init(const struct worker_env *env)
+{
+	http_env = env;
+}
+
 static struct idtable pending;
 
 /* Bytes of request bodies held in memory now (body_memory_bytes). */
@@ -101,7 +110,7 @@ static int add_worker_header(struct lws *wsi, unsigned char **p,
 			     unsigned char *end)
 {
 	char slot[16];
-	int n = snprintf(slot, sizeof slot, "%d", worker_slot);
+	int n = snprintf(slot, sizeof slot, "%d", http_env->slot);
 
 	return lws_add_http_header_by_name(wsi, (const unsigned char *)"x-router-worker:",
 					   (const unsigned char *)slot, n, p, end);
@@ -135,17 +144,10 @@ static void access_line(struct lws *wsi, struct http_req *r, unsigned int status
 /* The request's time into its endpoint's histogram, once. */
 static void count_time(struct session *s)
 {
-	static const double bounds[IPC_LATENCY_BUCKETS] = IPC_LATENCY_BOUNDS;
-	double t;
-	int b = 0;
-
 	if (s == NULL || s->endpoint < 0 || s->started == 0)
 		return;
-	t = wire_now() - s->started;
-	while (b < IPC_LATENCY_BUCKETS && t > bounds[b])
-		b++;
-	worker_stats.latency[s->endpoint][b]++;
-	worker_stats.latency_sum[s->endpoint] += t;
+	ipc_latency_count(http_env->stats->latency[s->endpoint],
+			  &http_env->stats->latency_sum[s->endpoint], wire_now() - s->started);
 	s->endpoint = -1;
 }
 
@@ -156,9 +158,9 @@ static void count_time(struct session *s)
 void http_file_done(struct lws *wsi, struct session *s, unsigned int status)
 {
 	if (s->endpoint >= 0) { /* not counted yet */
-		worker_stats.http_requests++;
+		http_env->stats->http_requests++;
 		if (status >= 400)
-			worker_stats.http_errors++;
+			http_env->stats->http_errors++;
 	}
 	access_line(wsi, s->req, status, -1);
 	count_time(s);
@@ -197,9 +199,9 @@ int http_answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 	r->status = status;
 	access_line(wsi, r, status, (long long)content_length);
 	count_time(s);
-	worker_stats.http_requests++;
+	http_env->stats->http_requests++;
 	if (status >= 400)
-		worker_stats.http_errors++;
+		http_env->stats->http_errors++;
 	lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -365,10 +367,10 @@ static int post_complete(struct lws *wsi, struct session *s)
 	if (payload == NULL)
 		fatal("out of memory");
 	len = strlen(payload);
-	if (len + WIRE_OUTGOING_STAMP_BYTES > (size_t)worker_cfg.backend_max_frame_bytes) {
+	if (len + WIRE_OUTGOING_STAMP_BYTES > (size_t)http_env->cfg->backend_max_frame_bytes) {
 		snprintf(why, sizeof why, "the packet for the backend would be %zu bytes, "
 			 "more than backend_max_frame_bytes (%lld)", len,
-			 (long long)worker_cfg.backend_max_frame_bytes);
+			 (long long)http_env->cfg->backend_max_frame_bytes);
 		free(payload);
 		json_decref(body);
 		return http_answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, why, 0);
@@ -385,7 +387,7 @@ static int post_complete(struct lws *wsi, struct session *s)
 		m.upload_stored.size = u->size;
 		m.upload_stored.dev = u->dev;
 		m.upload_stored.ino = u->ino;
-		worker_send(&m);
+		http_env->send(&m);
 	}
 	id = http_pending_add(wsi, r);
 	{
@@ -397,7 +399,7 @@ static int post_complete(struct lws *wsi, struct session *s)
 		m.http_request.request_id = parts.request_id[0] ? parts.request_id : NULL;
 		m.http_request.packet = payload;
 		m.http_request.len = len;
-		worker_send(&m);
+		http_env->send(&m);
 	}
 	r->committed = 1;
 	free(payload);
@@ -448,9 +450,9 @@ static int post_start(struct lws *wsi, struct session *s, const struct endpoint 
 		return http_answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST,
 					 "bad Content-Length", 1);
 	length = strtoll(value, &end, 10);
-	if (length > worker_cfg.max_body_bytes) {
+	if (length > http_env->cfg->max_body_bytes) {
 		snprintf(value, sizeof value, "the body is larger than max_body_bytes (%lld)",
-			 (long long)worker_cfg.max_body_bytes);
+			 (long long)http_env->cfg->max_body_bytes);
 		return http_answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, value, 1);
 	}
 	r->expected = (size_t)length;
@@ -461,21 +463,21 @@ static int post_start(struct lws *wsi, struct session *s, const struct endpoint 
 	 * field too large for the packet is a 413 from post_complete(), not a
 	 * storage overflow). */
 	in_memory = strncasecmp(value, "multipart/form-data", 19) == 0
-			    ? (size_t)(length < 2 * worker_cfg.backend_max_frame_bytes
-					       ? length : 2 * worker_cfg.backend_max_frame_bytes) + 1024
+			    ? (size_t)(length < 2 * http_env->cfg->backend_max_frame_bytes
+					       ? length : 2 * http_env->cfg->backend_max_frame_bytes) + 1024
 			    : (size_t)length + 1;
 	if (strncasecmp(value, "multipart/form-data", 19) != 0 &&
-	    length > worker_cfg.backend_max_frame_bytes) {
+	    length > http_env->cfg->backend_max_frame_bytes) {
 		snprintf(value, sizeof value, "a JSON body larger than backend_max_frame_bytes "
 			 "(%lld) cannot become a packet for the backend",
-			 (long long)worker_cfg.backend_max_frame_bytes);
+			 (long long)http_env->cfg->backend_max_frame_bytes);
 		return http_answer_error(wsi, s, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, value, 1);
 	}
-	if (body_memory + in_memory > (size_t)worker_cfg.body_memory_bytes) {
-		worker_stats.bodies_refused++;
+	if (body_memory + in_memory > (size_t)http_env->cfg->body_memory_bytes) {
+		http_env->stats->bodies_refused++;
 		log_warn("request bodies in memory would exceed body_memory_bytes (%lld); "
-			 "answered 503 (%llu so far)", (long long)worker_cfg.body_memory_bytes,
-			 (unsigned long long)worker_stats.bodies_refused);
+			 "answered 503 (%llu so far)", (long long)http_env->cfg->body_memory_bytes,
+			 (unsigned long long)http_env->stats->bodies_refused);
 		return http_answer_error(wsi, s, HTTP_STATUS_SERVICE_UNAVAILABLE,
 					 "too many requests in progress; try again", 1);
 	}
@@ -483,8 +485,8 @@ static int post_start(struct lws *wsi, struct session *s, const struct endpoint 
 	body_memory += in_memory;
 	/* The whole body within body_timeout plus its size at body_min_rate:
 	 * a body that trickles in is cut off, whatever its pace. */
-	lws_set_timer_usecs(wsi, (lws_usec_t)((worker_cfg.body_timeout +
-					       (double)length / (double)worker_cfg.body_min_rate) *
+	lws_set_timer_usecs(wsi, (lws_usec_t)((http_env->cfg->body_timeout +
+					       (double)length / (double)http_env->cfg->body_min_rate) *
 					      LWS_US_PER_SEC));
 	if (strncasecmp(value, "multipart/form-data", 19) == 0) {
 		refused = upload_form_start(wsi, s, value, in_memory);
@@ -537,7 +539,7 @@ static int on_request(struct lws *wsi, struct session *s)
 		s->endpoint = ep != NULL ? ep->histogram
 			      : method == LWSHUMETH_POST ? IPC_EP_OTHER : IPC_EP_STATIC;
 	}
-	if (worker_cfg.access_log && method >= 0 && uri != NULL) {
+	if (http_env->cfg->access_log && method >= 0 && uri != NULL) {
 		static const char *const names[] = { "GET", "POST", "OPTIONS", "PUT",
 						     "PATCH", "DELETE", "CONNECT", "HEAD" };
 		struct http_req *r = http_req_get(s);
@@ -549,7 +551,7 @@ static int on_request(struct lws *wsi, struct session *s)
 	}
 	if (method < 0 || uri == NULL)
 		return http_answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, "bad request", 1);
-	if (worker_is_metrics_connection(wsi)) {
+	if (http_env->is_metrics_connection(wsi)) {
 		if ((method != LWSHUMETH_GET && method != LWSHUMETH_HEAD) || ep == NULL ||
 		    ep->method != ENDPOINT_METRICS_GET)
 			return http_answer_error(wsi, s, HTTP_STATUS_NOT_FOUND,
@@ -594,10 +596,10 @@ int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_TIMER: /* the body's deadline (post_start) */
 		if (s->req == NULL || s->req->answer != NULL || s->req->pending)
 			return 0;
-		worker_stats.body_timeouts++;
+		http_env->stats->body_timeouts++;
 		log_info("a request body was not complete in time (%zu of %zu bytes); "
 			 "answered 408 (%llu so far)", s->req->len, s->req->expected,
-			 (unsigned long long)worker_stats.body_timeouts);
+			 (unsigned long long)http_env->stats->body_timeouts);
 		return http_answer_error(wsi, s, HTTP_STATUS_REQUEST_TIMEOUT,
 					 "the request body did not arrive in time", 1);
 	case LWS_CALLBACK_HTTP_WRITEABLE:

@@ -118,7 +118,7 @@ struct endpoint {
 	const char *path; /* one ending in '/' names every path under it */
 	enum endpoint_method method;
 	int histogram; /* the enum ipc_endpoint its time is counted in */
-	/* POST: the packet for the backend, its ROUTE_HTTP_* flags for the
+	/* POST: the packet for the backend, its IPC_HTTP_* flags for the
 	 * supervisor, the answer once the supervisor has the packet (NULL:
 	 * the supervisor's), and the function that builds the packet's parts
 	 * from the body (0, or -1 with why: a 400) */
@@ -178,5 +178,8 @@ int upload_is_stored_name(const char *name);
 int upload_path(char *out, size_t len, const char *stored);
 /* 2 * bytes random hex digits and a NUL into out. */
 void random_hex(char *out, size_t bytes);
+
+/* http.c: the process the HTTP files serve for (http_init()). */
+extern const struct worker_env *http_env;
 
 #endif

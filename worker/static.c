@@ -101,7 +101,7 @@ static int resolve_static(const char *uri, char *out, size_t outlen)
 	for (seg = uri; seg != NULL; seg = strchr(seg + 1, '/'))
 		if (strncmp(seg, "/..", 3) == 0 && (seg[3] == '/' || seg[3] == '\0'))
 			return -1;
-	if (realpath(worker_cfg.static_dir, root) == NULL)
+	if (realpath(http_env->cfg->static_dir, root) == NULL)
 		return -1;
 	snprintf(joined, sizeof joined, "%s%s%s", root, uri,
 		 uri[strlen(uri) - 1] == '/' ? "index.html" : "");
@@ -152,8 +152,8 @@ static void expected_version(char *out, size_t len)
 	char path[PATH_MAX + 32];
 	json_t *config, *v;
 
-	snprintf(out, len, "%s", worker_cfg.mephisto_task_version);
-	snprintf(path, sizeof path, "%s/task_config.json", worker_cfg.static_dir);
+	snprintf(out, len, "%s", http_env->cfg->mephisto_task_version);
+	snprintf(path, sizeof path, "%s/task_config.json", http_env->cfg->static_dir);
 	config = json_load_file(path, 0, NULL);
 	v = json_object_get(config, "mephisto_task_version");
 	if (json_is_string(v))
@@ -197,7 +197,7 @@ static void check_task_version(struct lws *wsi)
 	json_decref(packet);
 	if (payload == NULL)
 		fatal("out of memory");
-	worker_send(&(struct ipc_message){
+	http_env->send(&(struct ipc_message){
 		.type = IPC_VERSION_MISMATCH,
 		.version_mismatch = { .version = v, .packet = payload, .len = strlen(payload) } });
 	free(payload);
@@ -226,7 +226,7 @@ int static_serve_download(struct lws *wsi, struct session *s, const char *name)
 	r = http_req_get(s);
 	memcpy(r->download, name, UPLOAD_NAME_LEN + 1);
 	id = http_pending_add(wsi, r);
-	worker_send(&(struct ipc_message){ .type = IPC_DOWNLOAD_CHECK,
+	http_env->send(&(struct ipc_message){ .type = IPC_DOWNLOAD_CHECK,
 					   .download_check = { .req = id, .stored = name } });
 	return 0;
 }

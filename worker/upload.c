@@ -65,7 +65,7 @@ int upload_is_stored_name(const char *name)
 
 int upload_path(char *out, size_t len, const char *stored)
 {
-	const char *dir = worker_cfg.upload_dir;
+	const char *dir = http_env->cfg->upload_dir;
 	size_t dirlen = strlen(dir);
 	int n = snprintf(out, len, "%.*s%s%s", (int)(len - UPLOAD_NAME_LEN - 2), dir,
 			 dirlen && dir[dirlen - 1] == '/' ? "" : "/", stored);
@@ -80,7 +80,7 @@ static int upload_cb(void *data, const char *name, const char *filename,
 	struct http_req *r = ((struct session *)data)->req;
 	struct upload *u;
 	struct stat st;
-	const char *dir = worker_cfg.upload_dir;
+	const char *dir = http_env->cfg->upload_dir;
 	size_t dirlen = strlen(dir);
 
 	switch (state) {
@@ -260,7 +260,7 @@ static json_t *file_record(const struct upload *u, int with_field)
 	json_object_set_new(rec, "originalname", json_string(u->original));
 	json_object_set_new(rec, "encoding", json_string("7bit"));
 	json_object_set_new(rec, "mimetype", json_string(u->mimetype));
-	json_object_set_new(rec, "destination", json_string(worker_cfg.upload_dir));
+	json_object_set_new(rec, "destination", json_string(http_env->cfg->upload_dir));
 	json_object_set_new(rec, "filename", json_string(u->stored));
 	json_object_set_new(rec, "path", json_string(u->path));
 	json_object_set_new(rec, "size", json_integer((json_int_t)u->size));

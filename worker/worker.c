@@ -31,9 +31,9 @@
 #include <string.h>
 #include <unistd.h>
 
-struct config worker_cfg;
-int worker_slot;
-struct worker_stats worker_stats;
+static struct config worker_cfg;
+static int worker_slot;
+static struct worker_stats worker_stats;
 
 static struct event_base *base;
 static struct lws_context *context;
@@ -51,25 +51,28 @@ static int exit_code;
 /* ---- IPC ---- */
 
 /* The supervisor's end: core/peer.c (flush policy in worker_main). */
-void worker_send(const struct ipc_message *m)
+static void worker_send(const struct ipc_message *m)
 {
 	peer_send(ipc, m);
 }
 
-void worker_ipc_flush(void)
+static void worker_ipc_flush(void)
 {
 	peer_flush(ipc);
 }
 
-int worker_ipc_paused(void) { return paused; }
+static int worker_ipc_paused(void) { return paused; }
 
-/* What ws.c and http.c are given of this process. */
-static const struct worker_env env = {
+static int worker_is_metrics_connection(struct lws *wsi);
+
+/* What ws.c and http.c are given of this process (slot set at start). */
+static struct worker_env env = {
 	.cfg = &worker_cfg,
 	.stats = &worker_stats,
 	.send = worker_send,
 	.flush = worker_ipc_flush,
 	.paused = worker_ipc_paused,
+	.is_metrics_connection = worker_is_metrics_connection,
 };
 
 static int accept_backoff; /* accept() failed (EMFILE): paused 100 ms */
@@ -257,7 +260,7 @@ struct address_key {
 	unsigned char metrics; /* came in on the metrics socket */
 };
 
-int worker_is_metrics_connection(struct lws *wsi)
+static int worker_is_metrics_connection(struct lws *wsi)
 {
 	const struct address_key *k = address_of ? map_get(address_of, &wsi, sizeof wsi)
 						  : NULL;
@@ -563,7 +566,9 @@ static int worker_start(const struct ipc_message *m)
 			    (size_t)worker_cfg.ipc_buffer_bytes / 2);
 	peer_raise_max(ipc, ipc_max_message(worker_cfg.max_message_bytes,
 					    worker_cfg.backend_max_frame_bytes));
+	env.slot = worker_slot;
 	ws_init(&env);
+	http_init(&env);
 	configured = 1;
 	{
 		struct ipc_message hello = { .type = IPC_HELLO_WORKER };

@@ -35,19 +35,6 @@ struct session {
 };
 
 
-extern struct config worker_cfg;
-extern int worker_slot;
-extern struct worker_stats worker_stats;
-
-/* Send one message to the supervisor (backpressure: when its output grows
- * over ipc_buffer_bytes, the worker stops reading its clients until it
- * drained to half of that). */
-void worker_send(const struct ipc_message *m);
-void worker_ipc_flush(void); /* write what is packed now */
-int worker_ipc_paused(void);
-/* 1 when wsi came in on the metrics socket (metrics_listen). */
-int worker_is_metrics_connection(struct lws *wsi);
-
 /* dispatch.c: the protocol callback's guards and routing, shared with the
  * fuzz harness (guard_lws_bugs 0 leaves lws's bugs unguarded, for it). */
 int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user,
@@ -64,6 +51,9 @@ struct worker_env {
 	void (*send)(const struct ipc_message *m);
 	void (*flush)(void);
 	int (*paused)(void);
+	int slot; /* X-Router-Worker */
+	/* 1 when wsi came in on the metrics socket (metrics_listen) */
+	int (*is_metrics_connection)(struct lws *wsi);
 };
 
 /* ws.c: WebSocket connections, addressed by 64-bit ids */
@@ -85,6 +75,7 @@ struct sockaddr;
 int ws_is_trusted_proxy(const struct sockaddr *sa);
 
 /* http.c: HTTP requests */
+void http_init(const struct worker_env *env);
 int http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		  struct session *s, void *in, size_t len);
 /* The supervisor's answer to a request handed over with HTTP_REQUEST. */

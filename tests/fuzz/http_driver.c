@@ -2,7 +2,7 @@
  *
  * worker/http.c and worker/ws.c are linked as they are; this file stands
  * in for worker/worker.c. It defines what worker.c shares with them
- * (worker_cfg, worker_slot, worker_stats and the IPC hooks, worker.h) and
+ * (the struct worker_env it hands ws.c and http.c, worker.h) and
  * creates the lws context as worker_start() does: the same protocol table
  * (receive buffer, tx packet size, per-connection session), a callback
  * that dispatches to http_callback() and ws_callback() as worker.c's
@@ -55,22 +55,21 @@
 
 /* ---- what worker.c defines ---- */
 
-struct config worker_cfg;
-int worker_slot = 1;
-struct worker_stats worker_stats;
+static struct config worker_cfg;
+static struct worker_stats worker_stats;
 
 static msgpack_sbuffer ipc_out;
 static msgpack_packer packer;
 
-void worker_send(const struct ipc_message *m)
+static void worker_send(const struct ipc_message *m)
 {
 	if (ipc_pack(&packer, m) < 0)
 		abort();
 }
-void worker_ipc_flush(void) {} /* the supervisor's side reads it every turn */
-int worker_ipc_paused(void) { return 0; }
+static void worker_ipc_flush(void) {} /* the supervisor's side reads it every turn */
+static int worker_ipc_paused(void) { return 0; }
 /* every connection here came in on the router's port, none on metrics_listen */
-int worker_is_metrics_connection(struct lws *wsi) { (void)wsi; return 0; }
+static int worker_is_metrics_connection(struct lws *wsi) { (void)wsi; return 0; }
 
 /* ---- lws, as worker_start() sets it up ---- */
 
@@ -217,10 +216,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	{
 		static const struct worker_env env = {
 			.cfg = &worker_cfg, .stats = &worker_stats, .send = worker_send,
-			.flush = worker_ipc_flush, .paused = worker_ipc_paused,
+			.flush = worker_ipc_flush, .paused = worker_ipc_paused, .slot = 1,
+			.is_metrics_connection = worker_is_metrics_connection,
 		};
 
 		ws_init(&env);
+		http_init(&env);
 	}
 
 	memset(&info, 0, sizeof info);
@@ -317,13 +318,13 @@ static void handle(const struct ipc_message *m)
 		uint64_t req = m->http_request.req;
 
 		check_backend_packet(m->http_request.packet, m->http_request.len);
-		if ((m->http_request.flags & 1u) && m->http_request.request_id == NULL)
+		if ((m->http_request.flags & IPC_HTTP_WAIT_DETAILS) && m->http_request.request_id == NULL)
 			die("%s", "a request waiting for agent_details has no request id");
 		last_request = req;
 		/* mostly what the backend would say; a 408 now and then */
 		if (++answers % 4 == 0)
 			http_answer_from_supervisor(req, 408, "{\"error\": \"timed out\"}", 22);
-		else if (m->http_request.flags & 1u) /* ROUTE_HTTP_WAIT_DETAILS */
+		else if (m->http_request.flags & IPC_HTTP_WAIT_DETAILS)
 			http_answer_from_supervisor(req, 200,
 						    "{\"agent_id\": \"7\", \"request_id\": \"r\"}",
 						    37);

@@ -981,7 +981,7 @@ static void test_backend_types_from_agent_conn_refused(void **state)
 	(void)state;
 	attach_backend(T0);
 	agent_with_status(1, 1, "a1", "none", T0);
-	http(4, 40, ROUTE_HTTP_WAIT_DETAILS, NULL, "req-1",
+	http(4, 40, IPC_HTTP_WAIT_DETAILS, NULL, "req-1",
 	     packet_json(PKT_REGISTER_AGENT, "req-1", "{}", T0), T0);
 	clear();
 	before = stats().packets_refused;
@@ -1279,7 +1279,7 @@ static void test_http_wait_details_answered_by_agent_details(void **state)
 	(void)state;
 	attach_backend(T0);
 	reg = packet_json(PKT_REGISTER_AGENT, "req-1", "{\"request_id\":\"req-1\"}", T0 + 1);
-	http(3, 77, ROUTE_HTTP_WAIT_DETAILS, NULL, "req-1", reg, T0 + 1);
+	http(3, 77, IPC_HTTP_WAIT_DETAILS, NULL, "req-1", reg, T0 + 1);
 	a = actions(1);
 	assert_send(&a[0], BW, BC, PACKET_MEPHISTO, reg);
 	assert_int_equal(route_waiting_requests(F.r), 1);
@@ -1308,9 +1308,9 @@ static void test_http_answers_go_to_the_right_request(void **state)
 
 	(void)state;
 	attach_backend(T0);
-	http(1, 10, ROUTE_HTTP_WAIT_DETAILS, NULL, "r-a",
+	http(1, 10, IPC_HTTP_WAIT_DETAILS, NULL, "r-a",
 	     packet_json(PKT_REGISTER_AGENT, "r-a", "{}", T0), T0);
-	http(2, 10, ROUTE_HTTP_WAIT_DETAILS, NULL, "r-b",
+	http(2, 10, IPC_HTTP_WAIT_DETAILS, NULL, "r-b",
 	     packet_json(PKT_REGISTER_AGENT, "r-b", "{}", T0), T0);
 	clear();
 	assert_int_equal(route_waiting_requests(F.r), 2);
@@ -1334,7 +1334,7 @@ static void test_http_unknown_request_id_dropped(void **state)
 {
 	(void)state;
 	attach_backend(T0);
-	http(3, 77, ROUTE_HTTP_WAIT_DETAILS, NULL, "req-1",
+	http(3, 77, IPC_HTTP_WAIT_DETAILS, NULL, "req-1",
 	     packet_json(PKT_REGISTER_AGENT, "req-1", "{}", T0), T0);
 	clear();
 	agent_details("nobody", "x", T0 + 1);
@@ -1385,7 +1385,7 @@ static void test_http_request_queued_without_channel(void **state)
 
 	(void)state;
 	p = packet_json(PKT_REGISTER_AGENT, "req-1", "{}", T0);
-	http(3, 77, ROUTE_HTTP_WAIT_DETAILS, NULL, "req-1", p, T0);
+	http(3, 77, IPC_HTTP_WAIT_DETAILS, NULL, "req-1", p, T0);
 	actions(0);
 	assert_int_equal(route_queue_length(F.r, PACKET_MEPHISTO), 1);
 	assert_int_equal(route_waiting_requests(F.r), 1);
@@ -1402,7 +1402,7 @@ static void test_http_request_times_out_408(void **state)
 	(void)state;
 	attach_backend(T0);
 	assert_true(isinf(route_next_deadline(F.r)));
-	http(3, 77, ROUTE_HTTP_WAIT_DETAILS, NULL, "req-1",
+	http(3, 77, IPC_HTTP_WAIT_DETAILS, NULL, "req-1",
 	     packet_json(PKT_REGISTER_AGENT, "req-1", "{}", T0 + 1), T0 + 1);
 	clear();
 	assert_near(route_next_deadline(F.r), T0 + 31, 1e-6);
@@ -1442,7 +1442,7 @@ static void test_http_forget_agent(void **state)
 	agent_with_status(1, 1, "a1", "in task", T0);
 	agent_with_status(1, 2, "a2", "in task", T0);
 	p = packet_json(PKT_SUBMIT_UNIT, "a1", "{\"final\":1}", T0 + 1);
-	http(2, 8, ROUTE_HTTP_FORGET_AGENT, "a1", NULL, p, T0 + 1);
+	http(2, 8, IPC_HTTP_FORGET_AGENT, "a1", NULL, p, T0 + 1);
 	assert_null(route_agent_status(F.r, "a1"));
 	assert_int_equal(route_agent_count(F.r), 1);
 	assert_str(route_agent_status(F.r, "a2"), "in task");
@@ -1472,7 +1472,7 @@ static void test_http_forget_agent(void **state)
 
 	/* submit_onboarding: forget and wait. */
 	p = packet_json(PKT_SUBMIT_ONBOARDING, "a2", "{\"request_id\":\"r2\"}", T0 + 3);
-	http(2, 9, ROUTE_HTTP_FORGET_AGENT | ROUTE_HTTP_WAIT_DETAILS, "a2", "r2", p, T0 + 3);
+	http(2, 9, IPC_HTTP_FORGET_AGENT | IPC_HTTP_WAIT_DETAILS, "a2", "r2", p, T0 + 3);
 	a = actions(1);
 	assert_send(&a[0], BW, BC, PACKET_MEPHISTO, p);
 	assert_null(route_agent_status(F.r, "a2"));
@@ -1719,9 +1719,9 @@ static void test_worker_gone_drops_waiting_requests(void **state)
 
 	(void)state;
 	attach_backend(T0);
-	http(1, 5, ROUTE_HTTP_WAIT_DETAILS, NULL, "r1",
+	http(1, 5, IPC_HTTP_WAIT_DETAILS, NULL, "r1",
 	     packet_json(PKT_REGISTER_AGENT, "r1", "{}", T0), T0);
-	http(2, 5, ROUTE_HTTP_WAIT_DETAILS, NULL, "r2",
+	http(2, 5, IPC_HTTP_WAIT_DETAILS, NULL, "r2",
 	     packet_json(PKT_REGISTER_AGENT, "r2", "{}", T0), T0);
 	clear();
 	route_worker_gone(F.r, 1, T0 + 1);
@@ -1744,7 +1744,7 @@ static void test_worker_gone_drops_requests_before_timeout(void **state)
 {
 	(void)state;
 	attach_backend(T0);
-	http(1, 5, ROUTE_HTTP_WAIT_DETAILS, NULL, "r1",
+	http(1, 5, IPC_HTTP_WAIT_DETAILS, NULL, "r1",
 	     packet_json(PKT_REGISTER_AGENT, "r1", "{}", T0), T0);
 	clear();
 	route_worker_gone(F.r, 1, T0 + 1);
@@ -1920,7 +1920,7 @@ static void test_submission_answered_when_written(void **state)
 {
 	(void)state;
 	attach_backend(T0);
-	http_answered_once_written(PKT_SUBMIT_UNIT, "{}", ROUTE_HTTP_FORGET_AGENT);
+	http_answered_once_written(PKT_SUBMIT_UNIT, "{}", IPC_HTTP_FORGET_AGENT);
 	clear();
 	/* Once only, also after the commit. */
 	route_changes_durable(F.r, route_change_epoch(F.r) + 10);
@@ -2029,7 +2029,7 @@ static void test_backend_queue_keeps_submissions(void **state)
 	cfg.max_backend_queue = 3;
 	renew(&cfg);
 	sub = packet_json(PKT_SUBMIT_UNIT, "a1", "{\"final\":1}", T0);
-	http(2, 5, ROUTE_HTTP_PRECIOUS, "a1", NULL, sub, T0);
+	http(2, 5, IPC_HTTP_PRECIOUS, "a1", NULL, sub, T0);
 	for (int i = 0; i < 6; i++)
 		p[i] = to_backend(1, 1, PKT_MEPHISTO_BOUND_LIVE_UPDATE, "a2",
 				  fmt("%d", i), T0 + 1 + i);
@@ -2052,10 +2052,10 @@ static void test_backend_queue_full_of_submissions_refuses(void **state)
 	cfg.max_backend_queue = 2;
 	renew(&cfg);
 	for (int i = 0; i < 2; i++)
-		http(2, (uint64_t)i, ROUTE_HTTP_PRECIOUS, fmt("a%d", i), NULL,
+		http(2, (uint64_t)i, IPC_HTTP_PRECIOUS, fmt("a%d", i), NULL,
 		     packet_json(PKT_SUBMIT_UNIT, fmt("a%d", i), "{}", T0), T0);
 	actions(0);
-	http(2, 9, ROUTE_HTTP_PRECIOUS, "a9", NULL,
+	http(2, 9, IPC_HTTP_PRECIOUS, "a9", NULL,
 	     packet_json(PKT_SUBMIT_METADATA, "a9", "{}", T0 + 1), T0 + 1);
 	a = actions(1);
 	assert_int_equal(a[0].kind, ROUTE_HTTP_ANSWER);
@@ -2149,7 +2149,7 @@ static void test_action_dest_outlives_a_forgotten_agent(void **state)
 	attach_backend(T0);
 	agent_with_status(1, 1, "gone-soon", "in task", T0);
 	cblu("gone-soon", "last words", T0 + 1);
-	http(2, 5, ROUTE_HTTP_FORGET_AGENT | ROUTE_HTTP_PRECIOUS, "gone-soon", NULL,
+	http(2, 5, IPC_HTTP_FORGET_AGENT | IPC_HTTP_PRECIOUS, "gone-soon", NULL,
 	     packet_json(PKT_SUBMIT_UNIT, "gone-soon", "{}", T0 + 1), T0 + 1);
 	assert_null(route_agent_status(F.r, "gone-soon"));
 	n = route_actions(F.r, &a);

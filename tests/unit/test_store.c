@@ -205,7 +205,7 @@ static void test_batch_commit_coalesces(void **state)
 	route_clear_actions(r);
 
 	/* forgetting an agent deletes its row */
-	route_http_request(r, 1, 1, ROUTE_HTTP_FORGET_AGENT, "a1", NULL, "{}", 2, T0 + 8);
+	route_http_request(r, 1, 1, IPC_HTTP_FORGET_AGENT, "a1", NULL, "{}", 2, T0 + 8);
 	sync_store(s, r, T0 + 8);
 	assert_int_equal(query_int("SELECT count(*) FROM agents"), 0);
 	route_free(r);
