@@ -65,6 +65,14 @@ $(OUT)/tests/test_%: tests/unit/test_%.c $(CORE_OBJ) $(OUT)/obj/supervisor/store
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ -lcmocka $(LIBS) $(LDFLAGS)
 
+# The tests of the worker's protocol code (ws.c, http.c) run it in-process
+# (tests/unit/lws_harness.c): they link its objects and the harness too,
+# everything of worker/ but worker.c, which the harness stands in for.
+UNIT_LWS_TESTS := $(OUT)/tests/test_ws $(OUT)/tests/test_http
+UNIT_WORKER_OBJ := $(patsubst %,$(OUT)/obj/worker/%.o,dispatch ws http static upload endpoints) \
+	$(OUT)/obj/tests/unit/lws_harness.o
+$(UNIT_LWS_TESTS): $(UNIT_WORKER_OBJ)
+
 run: all
 	./$(OUT)/mephisto-router
 
