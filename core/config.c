@@ -1,7 +1,9 @@
 #include "config.h"
 
+#include "buf.h"
 #include "cidr.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -267,11 +269,9 @@ int config_parse(struct config *c, const char *text, const char *name,
 		 char *err, size_t errlen)
 {
 	char seen[NKEYS] = { 0 };
-	char *copy = strdup(text), *line, *next;
+	char *copy = xstrdup(text), *line, *next;
 	int lineno = 0, rc = 0;
 
-	if (copy == NULL)
-		fatal("out of memory");
 	for (line = copy; line != NULL && rc == 0; line = next) {
 		char *eq, *key, *value, why[512];
 		const struct key *k;
@@ -329,9 +329,7 @@ int config_load_file(struct config *c, const char *path, char *err,
 		fclose(f);
 		return -1;
 	}
-	text = malloc((size_t)size + 1);
-	if (text == NULL)
-		fatal("out of memory");
+	text = xmalloc((size_t)size + 1);
 	if (fread(text, 1, (size_t)size, f) != (size_t)size) {
 		snprintf(err, errlen, "cannot read config file %s", path);
 		free(text);
@@ -396,27 +394,15 @@ static void format_value(const struct config *c, const struct key *k,
 
 char *config_format(const struct config *c)
 {
-	size_t cap = 256, len = 0;
-	char *out = malloc(cap);
+	struct buf out = BUF_INIT;
 
-	if (out == NULL)
-		fatal("out of memory");
 	for (size_t i = 0; i < NKEYS; i++) {
 		char value[PATH_MAX + 64];
-		size_t need;
 
 		format_value(c, &keys[i], value, sizeof value);
-		need = strlen(keys[i].name) + strlen(value) + 5;
-		while (len + need + 1 > cap) {
-			cap *= 2;
-			out = realloc(out, cap);
-			if (out == NULL)
-				fatal("out of memory");
-		}
-		len += (size_t)sprintf(out + len, "%s = %s\n", keys[i].name, value);
+		buf_printf(&out, "%s = %s\n", keys[i].name, value);
 	}
-	out[len] = '\0';
-	return out;
+	return buf_take(&out, NULL);
 }
 
 static size_t field_size(enum key_type type)

@@ -1,6 +1,6 @@
 #include "idtable.h"
 
-#include "log.h"
+#include "xalloc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +14,9 @@ uint64_t idtable_add(struct idtable *t, void *item)
 	} else {
 		if (t->used == t->cap) {
 			uint32_t cap = t->cap ? t->cap * 2 : 64;
-			t->items = realloc(t->items, cap * sizeof *t->items);
-			t->generations = realloc(t->generations, cap * sizeof *t->generations);
-			t->free_slots = realloc(t->free_slots, cap * sizeof *t->free_slots);
-			if (!t->items || !t->generations || !t->free_slots)
-				fatal("out of memory");
+			t->items = xrealloc(t->items, cap * sizeof *t->items);
+			t->generations = xrealloc(t->generations, cap * sizeof *t->generations);
+			t->free_slots = xrealloc(t->free_slots, cap * sizeof *t->free_slots);
 			memset(t->generations + t->cap, 0,
 			       (cap - t->cap) * sizeof *t->generations);
 			t->cap = cap;

@@ -1,6 +1,7 @@
 #include "ipc.h"
 
 #include "log.h"
+#include "xalloc.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -505,9 +506,9 @@ static void scan_reset(struct ipc_reader *r)
 
 struct ipc_reader *ipc_reader_new(size_t max_message)
 {
-	struct ipc_reader *r = calloc(1, sizeof *r);
+	struct ipc_reader *r = xcalloc(1, sizeof *r);
 
-	if (r == NULL || !msgpack_unpacker_init(&r->unpacker, 64 * 1024))
+	if (!msgpack_unpacker_init(&r->unpacker, 64 * 1024))
 		fatal("out of memory");
 	msgpack_unpacked_init(&r->result);
 	r->max_message = max_message;

@@ -1,10 +1,12 @@
 #include "log.h"
 
+#include "clock.h"
+
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,13 +88,16 @@ static void log_write(enum log_level level, const char *fmt, va_list ap)
 	if (!with_time) {
 		n = (size_t)snprintf(line, sizeof line, "<%d>", syslog_priority[level]);
 	} else {
-		struct timeval tv;
+		/* whole microseconds first: the double's digits past them
+		 * are noise, and truncating it could take a millisecond off */
+		long long us = llround(clock_epoch() * 1e6);
+		time_t secs = (time_t)(us / 1000000);
 		struct tm tm;
-		gettimeofday(&tv, NULL);
-		gmtime_r(&tv.tv_sec, &tm);
+
+		gmtime_r(&secs, &tm);
 		n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
 		n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ ",
-				      (long)(tv.tv_usec / 1000));
+				      (long)(us % 1000000 / 1000));
 	}
 	n += (size_t)snprintf(line + n, sizeof line - n, "%s %s: ",
 			      level_names[level], process);

@@ -1,6 +1,6 @@
 #include "map.h"
 
-#include "log.h"
+#include "xalloc.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,14 +33,10 @@ static uint64_t hash_bytes(const void *key, size_t len)
 
 struct map *map_new(void)
 {
-	struct map *m = calloc(1, sizeof *m);
+	struct map *m = xcalloc(1, sizeof *m);
 
-	if (m == NULL)
-		fatal("out of memory");
 	m->cap = 16;
-	m->slots = calloc(m->cap, sizeof *m->slots);
-	if (m->slots == NULL)
-		fatal("out of memory");
+	m->slots = xcalloc(m->cap, sizeof *m->slots);
 	return m;
 }
 
@@ -73,9 +69,7 @@ static void grow(struct map *m)
 	size_t oldcap = m->cap;
 
 	m->cap *= 2;
-	m->slots = calloc(m->cap, sizeof *m->slots);
-	if (m->slots == NULL)
-		fatal("out of memory");
+	m->slots = xcalloc(m->cap, sizeof *m->slots);
 	for (size_t i = 0; i < oldcap; i++) {
 		if (old[i].key != NULL) {
 			size_t j = old[i].hash & (m->cap - 1);
@@ -108,9 +102,7 @@ void *map_put(struct map *m, const void *key, size_t len, void *value)
 		m->slots[i].value = value;
 		return old;
 	}
-	m->slots[i].key = malloc(len ? len : 1);
-	if (m->slots[i].key == NULL)
-		fatal("out of memory");
+	m->slots[i].key = xmalloc(len);
 	memcpy(m->slots[i].key, key, len);
 	m->slots[i].len = len;
 	m->slots[i].hash = h;

@@ -1,6 +1,7 @@
 #include "packet.h"
 
 #include "log.h"
+#include "xalloc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -90,10 +91,8 @@ size_t packet_add_member_into(char *dst, const char *json, size_t len,
 char *packet_add_member(const char *json, size_t len, const char *member,
 			size_t member_len, size_t *outlen)
 {
-	char *out = malloc(len + member_len + 3);
+	char *out = xmalloc(len + member_len + 3);
 
-	if (out == NULL)
-		fatal("out of memory");
 	*outlen = packet_add_member_into(out, json, len, member, member_len);
 	out[*outlen] = '\0';
 	return out;

@@ -1,5 +1,5 @@
 /* One end of the supervisor-worker IPC socket (see peer.h). The only file
- * of core/ that does I/O. */
+ * of core/ on a socket (config.c reads its file, log.c writes stderr). */
 #include "peer.h"
 
 #include "clock.h"

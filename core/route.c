@@ -1,8 +1,10 @@
 /* The routing state machine (see route.h for the rules). */
 #include "route.h"
 
+#include "buf.h"
 #include "log.h"
 #include "map.h"
+#include "xalloc.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -124,41 +126,13 @@ struct route {
 
 /* ---- helpers ---- */
 
-static char *xstrdup(const char *s)
-{
-	char *d = strdup(s);
-
-	if (d == NULL)
-		fatal("out of memory");
-	return d;
-}
-
-/* Append n bytes to a growing buffer. */
-static void buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-	if (*len + n > *cap) {
-		size_t c = *cap ? *cap : 4096;
-		while (c < *len + n)
-			c *= 2;
-		*buf = realloc(*buf, c);
-		if (*buf == NULL)
-			fatal("out of memory");
-		*cap = c;
-	}
-	memcpy(*buf + *len, data, n);
-	*len += n;
-}
-
 /* arr (count used, *cap allocated) with room for one more element. */
 static void *room_for_one(void *arr, size_t count, size_t *cap, size_t size)
 {
 	if (count < *cap)
 		return arr;
 	*cap = *cap ? *cap * 2 : 32;
-	arr = realloc(arr, *cap * size);
-	if (arr == NULL)
-		fatal("out of memory");
-	return arr;
+	return xrealloc(arr, *cap * size);
 }
 
 static void *own(struct route *r, char *buf)
@@ -243,14 +217,8 @@ static void change(struct route *r, enum route_change_kind kind, const char *key
 	c->created = created;
 	c->data = NULL;
 	c->len = len;
-	if (data != NULL) {
-		char *copy = malloc(len + 1);
-		if (copy == NULL)
-			fatal("out of memory");
-		memcpy(copy, data, len);
-		copy[len] = '\0';
-		c->data = copy;
-	}
+	if (data != NULL)
+		c->data = xmemdup0(data, len);
 }
 
 static void agent_changed(struct route *r, const char *id)
@@ -309,10 +277,8 @@ static struct qitem *qitem_new(uint64_t seq, double now, const char *data, size_
 			       const char *subject, int precious)
 {
 	size_t slen = subject ? strlen(subject) + 1 : 0;
-	struct qitem *q = malloc(sizeof *q + len + 1 + slen);
+	struct qitem *q = xmalloc(sizeof *q + len + 1 + slen);
 
-	if (q == NULL)
-		fatal("out of memory");
 	q->next = NULL;
 	q->seq = seq;
 	q->created = now;
@@ -350,9 +316,7 @@ static size_t *share_of(struct route *r, const char *subject, int create)
 	size_t *bytes = map_get(r->shares, subject, strlen(subject));
 
 	if (bytes == NULL && create) {
-		bytes = calloc(1, sizeof *bytes);
-		if (bytes == NULL)
-			fatal("out of memory");
+		bytes = xcalloc(1, sizeof *bytes);
 		map_put(r->shares, subject, strlen(subject), bytes);
 	}
 	return bytes;
@@ -626,9 +590,7 @@ static struct agent *agent_get(struct route *r, const char *id, double now)
 
 	if (a != NULL)
 		return a;
-	a = calloc(1, sizeof *a);
-	if (a == NULL)
-		fatal("out of memory");
+	a = xcalloc(1, sizeof *a);
 	a->id = xstrdup(id);
 	a->status = xstrdup("none");
 	a->created = now;
@@ -930,10 +892,8 @@ static void expire_requests(struct route *r, double now)
 
 struct route *route_new(const struct route_config *cfg, double now)
 {
-	struct route *r = calloc(1, sizeof *r);
+	struct route *r = xcalloc(1, sizeof *r);
 
-	if (r == NULL)
-		fatal("out of memory");
 	r->cfg = *cfg;
 	r->agents = map_new();
 	r->conns = map_new();
@@ -1172,7 +1132,7 @@ static const char *statuses_member(struct agent *a, size_t *len)
 }
 
 /* A timestamp as jansson writes it in a packet, or null. */
-static void append_number(char **buf, size_t *len, size_t *cap, double v)
+static void append_number(struct buf *b, double v)
 {
 	json_t *num = isnan(v) ? json_null() : json_real(v);
 	char *text = json_dumps(num, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -1180,16 +1140,20 @@ static void append_number(char **buf, size_t *len, size_t *cap, double v)
 	json_decref(num);
 	if (text == NULL)
 		fatal("out of memory");
-	buf_append(buf, len, cap, text, strlen(text));
+	buf_append(b, text, strlen(text));
 	free(text);
 }
 
-static void send_statuses(struct route *r, char *text, size_t len, size_t cap,
-			  const char *tail, size_t tail_len)
+/* One return_statuses: text (its head and members), then tail; text is
+ * empty again. */
+static void send_statuses(struct route *r, struct buf *text, const struct buf *tail)
 {
-	buf_append(&text, &len, &cap, tail, tail_len + 1); /* with the NUL */
-	len--;
-	send_to(r, r->channel, "", 0, own(r, text), len);
+	size_t len;
+	char *packet;
+
+	buf_append(text, tail->data, tail->len);
+	packet = buf_take(text, &len);
+	send_to(r, r->channel, "", 0, own(r, packet), len);
 }
 
 /* return_statuses, written as jansson would write the object (the agents
@@ -1201,44 +1165,41 @@ static void on_request_statuses(struct route *r, const struct packet *p, double 
 	static const char head[] =
 		"{\"packet_type\":\"return_statuses\",\"subject_id\":\"" PACKET_MEPHISTO
 		"\",\"data\":{";
-	size_t pos = 0, len = 0, cap = 0, n, tail_len = 0, tail_cap = 0;
+	size_t pos = 0, n;
 	size_t max = r->cfg.max_frame_bytes ? r->cfg.max_frame_bytes : SIZE_MAX;
 	void *value;
-	char *text = NULL, *tail = NULL;
+	struct buf text = BUF_INIT, tail = BUF_INIT;
 	const char *member;
 	int first = 1;
 
 	r->last_poll = now;
 	meta_changed(r, "last_backend_ping", now);
 	apply_liveness_all(r, now);
-	buf_append(&tail, &tail_len, &tail_cap, "},\"client_timestamp\":", 21);
-	append_number(&tail, &tail_len, &tail_cap, p->server_timestamp);
-	buf_append(&tail, &tail_len, &tail_cap, ",\"router_incoming_timestamp\":", 29);
-	append_number(&tail, &tail_len, &tail_cap, p->router_incoming_timestamp);
-	buf_append(&tail, &tail_len, &tail_cap, "}", 2); /* with the NUL */
-	tail_len--;
-	buf_append(&text, &len, &cap, head, sizeof head - 1);
+	buf_append(&tail, "},\"client_timestamp\":", 21);
+	append_number(&tail, p->server_timestamp);
+	buf_append(&tail, ",\"router_incoming_timestamp\":", 29);
+	append_number(&tail, p->router_incoming_timestamp);
+	buf_append(&tail, "}", 1);
+	buf_append(&text, head, sizeof head - 1);
 	while (map_next(r->agents, &pos, NULL, NULL, &value)) {
 		member = statuses_member(value, &n);
-		if (sizeof head - 1 + n + tail_len > max) {
+		if (sizeof head - 1 + n + tail.len > max) {
 			log_warn("agent %.64s: its status does not fit in a return_statuses "
 				 "of max_frame_bytes; left out", ((struct agent *)value)->id);
 			continue;
 		}
-		if (len + 1 + n + tail_len > max) { /* full: send, start the next */
-			send_statuses(r, text, len, cap, tail, tail_len);
-			text = NULL;
-			len = cap = 0;
-			buf_append(&text, &len, &cap, head, sizeof head - 1);
+		if (text.len + 1 + n + tail.len > max) { /* full: send, start the next */
+			send_statuses(r, &text, &tail);
+			buf_append(&text, head, sizeof head - 1);
 			first = 1;
 		}
 		if (!first)
-			buf_append(&text, &len, &cap, ",", 1);
-		buf_append(&text, &len, &cap, member, n);
+			buf_append(&text, ",", 1);
+		buf_append(&text, member, n);
 		first = 0;
 	}
-	send_statuses(r, text, len, cap, tail, tail_len);
-	free(tail);
+	send_statuses(r, &text, &tail);
+	buf_free(&tail);
 }
 
 static void on_agent_details(struct route *r, const struct packet *p)
@@ -1452,9 +1413,8 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 	struct qitem *item;
 
 	if ((flags & IPC_HTTP_WAIT_DETAILS) && request_id != NULL) {
-		struct waiting *w = calloc(1, sizeof *w);
-		if (w == NULL)
-			fatal("out of memory");
+		struct waiting *w = xcalloc(1, sizeof *w);
+
 		w->request_id = xstrdup(request_id);
 		w->worker = worker;
 		w->req = req;
@@ -1483,9 +1443,7 @@ void route_http_request(struct route *r, uint32_t worker, uint64_t req,
 	 * backend's socket (route_ws_sent) or committed to the store
 	 * (route_changes_durable), whichever comes first. */
 	store_item(r, &r->backend, item);
-	d = calloc(1, sizeof *d);
-	if (d == NULL)
-		fatal("out of memory");
+	d = xcalloc(1, sizeof *d);
 	d->seq = item->seq;
 	d->worker = worker;
 	d->req = req;

@@ -1,8 +1,9 @@
 /* The routing state machine: every rule of the Mephisto router protocol
- * (../shared/PROTOCOL.md), pure. Events go in (a packet arrived on a
- * connection, a connection closed, an HTTP request arrived, time passed);
- * actions come out (send these bytes on that connection, answer that HTTP
- * request). No IO: the supervisor is thin glue around it, and every rule is
+ * (../shared/PROTOCOL.md). Events go in (a packet arrived on a connection,
+ * a connection closed, an HTTP request arrived, time passed); actions come
+ * out (send these bytes on that connection, answer that HTTP request). It
+ * does no I/O but its log lines and reads no clock (the time is an
+ * argument): the supervisor is thin glue around it, and every rule is
  * unit-testable with a fake clock.
  *
  * Connections are named by (worker slot, connection id); HTTP requests by

@@ -1,57 +1,27 @@
 #include "metrics.h"
 
-#include "../core/log.h"
+#include "../core/buf.h"
 
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-struct out {
-	char *buf;
-	size_t len, cap;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct out *o, const char *fmt, ...)
+static void head(struct buf *o, const char *name, const char *type, const char *help)
 {
-	va_list ap;
-	int n;
-
-	for (;;) {
-		va_start(ap, fmt);
-		n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-		va_end(ap);
-		if (n < 0)
-			fatal("metrics: bad format");
-		if ((size_t)n < o->cap - o->len) {
-			o->len += (size_t)n;
-			return;
-		}
-		o->cap = o->cap * 2 + (size_t)n;
-		o->buf = realloc(o->buf, o->cap);
-		if (o->buf == NULL)
-			fatal("out of memory");
-	}
+	buf_printf(o, "# HELP mephisto_router_%s %s\n# TYPE mephisto_router_%s %s\n", name,
+		   help, name, type);
 }
 
-static void head(struct out *o, const char *name, const char *type, const char *help)
-{
-	put(o, "# HELP mephisto_router_%s %s\n# TYPE mephisto_router_%s %s\n", name, help,
-	    name, type);
-}
-
-static void one(struct out *o, const char *name, const char *type, const char *help,
+static void one(struct buf *o, const char *name, const char *type, const char *help,
 		double value)
 {
 	head(o, name, type, help);
-	put(o, "mephisto_router_%s %.17g\n", name, value);
+	buf_printf(o, "mephisto_router_%s %.17g\n", name, value);
 }
 
 /* A status is a label value: only the characters a status may hold. */
 static void status_cb(void *arg, const char *status, size_t n)
 {
-	struct out *o = arg;
+	struct buf *o = arg;
 	char clean[PACKET_MAX_STATUS_BYTES + 1];
 	size_t i;
 
@@ -59,7 +29,7 @@ static void status_cb(void *arg, const char *status, size_t n)
 		clean[i] = (status[i] == '"' || status[i] == '\\' || status[i] < 0x20)
 				   ? '_' : status[i];
 	clean[i] = '\0';
-	put(o, "mephisto_router_agents{status=\"%s\"} %zu\n", clean, n);
+	buf_printf(o, "mephisto_router_agents{status=\"%s\"} %zu\n", clean, n);
 }
 
 static void add_counts(uint64_t to[IPC_LATENCY_BUCKETS + 1], double *to_sum,
@@ -72,7 +42,7 @@ static void add_counts(uint64_t to[IPC_LATENCY_BUCKETS + 1], double *to_sum,
 
 /* The series of one histogram (after its head), from a count per bucket of
  * IPC_LATENCY_BOUNDS and one past the last; label may be NULL. */
-static void histogram(struct out *o, const char *name, const char *label,
+static void histogram(struct buf *o, const char *name, const char *label,
 		      const char *value, const uint64_t counts[IPC_LATENCY_BUCKETS + 1],
 		      double sum)
 {
@@ -85,18 +55,18 @@ static void histogram(struct out *o, const char *name, const char *label,
 	for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++) {
 		cumulative += counts[b];
 		if (b < IPC_LATENCY_BUCKETS)
-			put(o, "mephisto_router_%s_bucket{%sle=\"%g\"} %llu\n", name, labels,
-			    bounds[b], (unsigned long long)cumulative);
+			buf_printf(o, "mephisto_router_%s_bucket{%sle=\"%g\"} %llu\n", name,
+				   labels, bounds[b], (unsigned long long)cumulative);
 		else
-			put(o, "mephisto_router_%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels,
-			    (unsigned long long)cumulative);
+			buf_printf(o, "mephisto_router_%s_bucket{%sle=\"+Inf\"} %llu\n", name,
+				   labels, (unsigned long long)cumulative);
 	}
 	if (label != NULL)
 		labels[strlen(labels) - 1] = '\0'; /* no trailing comma */
-	put(o, "mephisto_router_%s_sum%s%s%s %.9g\n", name, label ? "{" : "", labels,
-	    label ? "}" : "", sum);
-	put(o, "mephisto_router_%s_count%s%s%s %llu\n", name, label ? "{" : "", labels,
-	    label ? "}" : "", (unsigned long long)cumulative);
+	buf_printf(o, "mephisto_router_%s_sum%s%s%s %.9g\n", name, label ? "{" : "",
+		   labels, label ? "}" : "", sum);
+	buf_printf(o, "mephisto_router_%s_count%s%s%s %llu\n", name, label ? "{" : "",
+		   labels, label ? "}" : "", (unsigned long long)cumulative);
 }
 
 /* One line per worker of a worker_stats field. */
@@ -105,27 +75,26 @@ static void histogram(struct out *o, const char *name, const char *label,
 		head(o, name, type, help);                                      \
 		for (size_t i_ = 0; i_ < (in)->nworkers; i_++)                  \
 			if ((in)->workers[i_].stats != NULL)                    \
-				put(o, "mephisto_router_" name "{worker=\"%d\"} %llu\n", \
-				    (in)->workers[i_].slot,                     \
-				    (unsigned long long)(in)->workers[i_].stats->field); \
+				buf_printf(o, "mephisto_router_" name           \
+					   "{worker=\"%d\"} %llu\n",            \
+					   (in)->workers[i_].slot,              \
+					   (unsigned long long)                 \
+					   (in)->workers[i_].stats->field);     \
 	} while (0)
 
 char *metrics_render(const struct metrics_input *in, size_t *len)
 {
-	struct out o = { NULL, 0, 0 };
+	struct buf o = BUF_INIT;
 	const struct route_stats *rs = route_get_stats(in->route);
 	const struct store_stats *ss = store_get_stats(in->store);
 	size_t packets, bytes, running = 0;
 	struct route_queues aq;
 	double oldest;
 
-	o.cap = 8192;
-	o.buf = malloc(o.cap);
-	if (o.buf == NULL)
-		fatal("out of memory");
+	buf_reserve(&o, 8192);
 	head(&o, "build_info", "gauge", "The router's version and commit (always 1).");
-	put(&o, "mephisto_router_build_info{version=\"%s\",commit=\"%s\"} 1\n", MR_VERSION,
-	    MR_COMMIT);
+	buf_printf(&o, "mephisto_router_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+		   MR_VERSION, MR_COMMIT);
 	one(&o, "start_time_seconds", "gauge", "When the router started (Unix seconds).",
 	    in->started);
 	one(&o, "workers_configured", "gauge", "Worker processes the config asks for.",
@@ -134,12 +103,12 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 		running += in->workers[i].running;
 	one(&o, "workers", "gauge", "Worker processes running.", (double)running);
 	head(&o, "worker_restarts_total", "counter", "Workers restarted, by cause.");
-	put(&o, "mephisto_router_worker_restarts_total{cause=\"crash\"} %llu\n",
-	    (unsigned long long)in->restarts_crash);
-	put(&o, "mephisto_router_worker_restarts_total{cause=\"stalled\"} %llu\n",
-	    (unsigned long long)in->restarts_stalled);
-	put(&o, "mephisto_router_worker_restarts_total{cause=\"broken_ipc\"} %llu\n",
-	    (unsigned long long)in->restarts_broken_ipc);
+	buf_printf(&o, "mephisto_router_worker_restarts_total{cause=\"crash\"} %llu\n",
+		   (unsigned long long)in->restarts_crash);
+	buf_printf(&o, "mephisto_router_worker_restarts_total{cause=\"stalled\"} %llu\n",
+		   (unsigned long long)in->restarts_stalled);
+	buf_printf(&o, "mephisto_router_worker_restarts_total{cause=\"broken_ipc\"} %llu\n",
+		   (unsigned long long)in->restarts_broken_ipc);
 	one(&o, "backend_attached", "gauge", "1 when the Mephisto backend's channel is attached.",
 	    route_backend_attached(in->route));
 	head(&o, "agents", "gauge", "Agents the router knows, by status.");
@@ -172,10 +141,11 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 	for (int from = 0; from < 2; from++)
 		for (int t = 0; t < PKT_TYPE_COUNT; t++)
 			if (rs->received[from][t] > 0)
-				put(&o, "mephisto_router_packets_received_total{type=\"%s\","
-				    "from=\"%s\"} %llu\n", packet_type_name((enum packet_type)t),
-				    from ? "backend" : "agent",
-				    (unsigned long long)rs->received[from][t]);
+				buf_printf(&o, "mephisto_router_packets_received_total{type=\"%s\","
+					   "from=\"%s\"} %llu\n",
+					   packet_type_name((enum packet_type)t),
+					   from ? "backend" : "agent",
+					   (unsigned long long)rs->received[from][t]);
 	one(&o, "packets_routed_total", "counter", "Packets sent towards a connection.",
 	    (double)rs->packets_routed);
 	one(&o, "packets_queued_total", "counter",
@@ -264,9 +234,9 @@ char *metrics_render(const struct metrics_input *in, size_t *len)
 			w->bodies_refused, w->agents_refused, w->body_timeouts,
 		};
 		for (size_t k = 0; k < sizeof values / sizeof values[0]; k++)
-			put(&o, "mephisto_router_refused_total{worker=\"%d\",reason=\"%s\"} %llu\n",
-			    in->workers[i].slot, reasons[k], (unsigned long long)values[k]);
+			buf_printf(&o, "mephisto_router_refused_total{worker=\"%d\","
+				   "reason=\"%s\"} %llu\n", in->workers[i].slot, reasons[k],
+				   (unsigned long long)values[k]);
 	}
-	*len = o.len;
-	return o.buf;
+	return buf_take(&o, len);
 }

@@ -299,7 +299,9 @@ void pool_send_config(struct pool *pool)
 	free(text);
 }
 
-static void worker_drain(struct worker *w)
+/* w is to drain (IPC_DRAIN, or SIGTERM when its IPC is gone) and, once
+ * it exits, not to be restarted. */
+static void worker_retire(struct worker *w)
 {
 	w->retiring = 1;
 	if (!worker_reachable(w)) {
@@ -466,7 +468,7 @@ void pool_resize(struct pool *pool)
 				evtimer_del(w->respawn_timer);
 			if (w->pid != 0 && !w->retiring) {
 				log_info("worker %d: draining (workers = %d)", i, want);
-				worker_drain(w);
+				worker_retire(w);
 			}
 		}
 	}
@@ -480,7 +482,7 @@ void pool_drain(struct pool *pool)
 		if (w->respawn_timer != NULL)
 			evtimer_del(w->respawn_timer);
 		if (w->pid != 0)
-			worker_drain(w);
+			worker_retire(w);
 	}
 }
 

@@ -3,6 +3,8 @@
  * queries are the ones README.md shows for the sqlite3 CLI. */
 #include "status.h"
 
+#include "../core/clock.h"
+
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -14,17 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 
 static int status_running; /* the router runs (router_running()) */
-
-static double now_epoch(void)
-{
-	struct timeval tv;
-
-	gettimeofday(&tv, NULL);
-	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
 
 /* Run sql, calling row() for each row; the number of rows, or -1. */
 static int each_row(sqlite3 *db, const char *sql,
@@ -91,7 +84,7 @@ static int router_running(sqlite3 *db, FILE *out)
 	}
 	if (stopped > 0)
 		fprintf(out, "router:                not running (stopped %.0f s ago)\n",
-			now_epoch() - stopped);
+			clock_epoch() - stopped);
 	else if (pid > 0)
 		fprintf(out, "router:                not running (pid %d is gone: it did not "
 			"stop cleanly)\n", pid);
@@ -336,10 +329,10 @@ static void print_meta(sqlite3_stmt *st, void *arg)
 	FILE *out = arg;
 
 	if (strcmp(key, "started_at") == 0)
-		fprintf(out, "router started:        %.0f s ago%s\n", now_epoch() - value,
+		fprintf(out, "router started:        %.0f s ago%s\n", clock_epoch() - value,
 			status_running ? "" : " (its last start)");
 	else if (strcmp(key, "last_backend_ping") == 0)
-		fprintf(out, "backend last polled:   %.1f s ago\n", now_epoch() - value);
+		fprintf(out, "backend last polled:   %.1f s ago\n", clock_epoch() - value);
 	else if (strcmp(key, "backend_attached") == 0)
 		fprintf(out, "backend attached:      %s\n", value != 0 ? "yes" : "no");
 }
@@ -360,7 +353,7 @@ static void print_queue(sqlite3_stmt *st, void *arg)
 {
 	fprintf(arg, "  %-22s %lld, oldest %.1f s\n", (const char *)sqlite3_column_text(st, 0),
 		(long long)sqlite3_column_int64(st, 1),
-		now_epoch() - sqlite3_column_double(st, 2));
+		clock_epoch() - sqlite3_column_double(st, 2));
 }
 
 static void print_total(sqlite3_stmt *st, void *arg)
@@ -440,7 +433,7 @@ static void json_queue(sqlite3_stmt *st, void *arg)
 	json_object_set_new(arg, (const char *)sqlite3_column_text(st, 0),
 			    json_pack("{s:I, s:f}", "packets",
 				      (json_int_t)sqlite3_column_int64(st, 1), "oldest_age_seconds",
-				      now_epoch() - sqlite3_column_double(st, 2)));
+				      clock_epoch() - sqlite3_column_double(st, 2)));
 }
 
 static void json_total(sqlite3_stmt *st, void *arg)

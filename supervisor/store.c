@@ -1,7 +1,9 @@
 #include "store.h"
 
+#include "../core/clock.h"
 #include "../core/log.h"
 #include "../core/map.h"
+#include "../core/xalloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -217,12 +219,10 @@ static void staged_new(struct store *s);
 
 struct store *store_open(const char *path, char *err, size_t errlen)
 {
-	struct store *s = calloc(1, sizeof *s);
+	struct store *s = xcalloc(1, sizeof *s);
 	char why[512];
 	char now[32];
 
-	if (s == NULL)
-		fatal("out of memory");
 	if (owner_only_create(path, why, sizeof why) < 0)
 		goto fail;
 	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
@@ -268,7 +268,7 @@ struct store *store_open(const char *path, char *err, size_t errlen)
 	}
 	owner_only_fix(path);
 	staged_new(s);
-	snprintf(now, sizeof now, "%lld", (long long)time(NULL));
+	snprintf(now, sizeof now, "%lld", (long long)clock_epoch()); /* whole seconds */
 	if (store_set_meta(s, "schema_version", STORE_SCHEMA_VERSION_TEXT) < 0 ||
 	    store_set_meta(s, "started_at", now) < 0 ||
 	    store_set_meta(s, "backend_attached", "0") < 0) {
@@ -384,17 +384,6 @@ void store_close(struct store *s)
 
 /* ---- staging ---- */
 
-static char *copy_bytes(const char *data, size_t len)
-{
-	char *c = malloc(len + 1);
-
-	if (c == NULL)
-		fatal("out of memory");
-	memcpy(c, data, len);
-	c[len] = '\0';
-	return c;
-}
-
 void store_stage(struct store *s, const struct route_change *c, size_t n)
 {
 	if (s->gave_up)
@@ -409,12 +398,10 @@ void store_stage(struct store *s, const struct route_change *c, size_t n)
 			map_put(s->agents, c->key, strlen(c->key) + 1, s);
 			break;
 		case ROUTE_CHANGE_QUEUED:
-			p = malloc(sizeof *p);
-			if (p == NULL)
-				fatal("out of memory");
-			p->dest = copy_bytes(c->key, strlen(c->key));
+			p = xmalloc(sizeof *p);
+			p->dest = xstrdup(c->key);
 			p->created = c->created;
-			p->data = copy_bytes(c->data, c->len);
+			p->data = xmemdup0(c->data, c->len);
 			p->len = c->len;
 			old = map_put(s->added, &c->seq, sizeof c->seq, p);
 			if (old != NULL) {
@@ -435,7 +422,7 @@ void store_stage(struct store *s, const struct route_change *c, size_t n)
 			break;
 		case ROUTE_CHANGE_META:
 			old = map_put(s->meta, c->key, strlen(c->key),
-				      copy_bytes(c->data, c->len));
+				      xmemdup0(c->data, c->len));
 			free(old);
 			break;
 		}
@@ -446,7 +433,7 @@ void store_stage_meta(struct store *s, const char *key, const char *value)
 {
 	if (s->gave_up)
 		return;
-	free(map_put(s->meta, key, strlen(key), copy_bytes(value, strlen(value))));
+	free(map_put(s->meta, key, strlen(key), xstrdup(value)));
 }
 
 int store_has_staged(const struct store *s)
@@ -509,21 +496,21 @@ static void batch_free(struct batch *b)
 /* Everything staged becomes a batch; agents' rows are read from r now. */
 static struct batch *batch_make(struct store *s, const struct route *r, double now)
 {
-	struct batch *b = calloc(1, sizeof *b);
+	struct batch *b = xcalloc(1, sizeof *b);
 	size_t pos = 0, n = map_count(s->agents);
 	const void *key;
 
-	if (b == NULL || (n > 0 && (b->rows = calloc(n, sizeof *b->rows)) == NULL))
-		fatal("out of memory");
+	if (n > 0)
+		b->rows = xcalloc(n, sizeof *b->rows);
 	while (map_next(s->agents, &pos, &key, NULL, NULL)) {
 		struct agent_row *row = &b->rows[b->nrows++];
 		struct route_agent_info info;
 
-		row->id = copy_bytes(key, strlen(key));
+		row->id = xstrdup(key);
 		if (route_agent_info(r, key, &info) < 0)
 			continue;
 		row->exists = 1;
-		row->status = copy_bytes(info.status, strlen(info.status));
+		row->status = xstrdup(info.status);
 		row->attached = info.attached;
 		row->worker = info.worker;
 		row->conn = info.conn;
@@ -665,18 +652,10 @@ static int write_batch(struct store *s, const struct batch *b)
 }
 
 /* One transaction; on failure b->failed and b->error say why. */
-static double monotonic(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void commit_batch(struct store *s, struct batch *b)
 {
 	char *msg = NULL;
-	double started = monotonic();
+	double started = clock_monotonic();
 
 	if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
 	    write_batch(s, b) < 0 ||
@@ -686,7 +665,7 @@ static void commit_batch(struct store *s, struct batch *b)
 		sqlite3_free(msg);
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
-	b->seconds = monotonic() - started;
+	b->seconds = clock_monotonic() - started;
 }
 
 /* ---- the writer thread ----
@@ -930,14 +909,12 @@ static void stage_upload_value(struct store *s, const char *stored, void *value)
 
 void store_stage_upload(struct store *s, const struct upload_record *r)
 {
-	struct staged_upload *u = calloc(1, sizeof *u);
+	struct staged_upload *u = xcalloc(1, sizeof *u);
 
-	if (u == NULL)
-		fatal("out of memory");
-	u->stored = copy_bytes(r->stored, strlen(r->stored));
-	u->original = copy_bytes(r->original, strlen(r->original));
-	u->field = copy_bytes(r->field, strlen(r->field));
-	u->agent = r->agent ? copy_bytes(r->agent, strlen(r->agent)) : NULL;
+	u->stored = xstrdup(r->stored);
+	u->original = xstrdup(r->original);
+	u->field = xstrdup(r->field);
+	u->agent = r->agent ? xstrdup(r->agent) : NULL;
 	u->size = r->size;
 	u->dev = r->dev;
 	u->ino = r->ino;

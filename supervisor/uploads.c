@@ -2,6 +2,7 @@
 
 #include "../core/log.h"
 #include "../core/map.h"
+#include "../core/xalloc.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -23,10 +24,8 @@ struct uploads {
 
 static void remember(struct uploads *u, const struct upload_record *r)
 {
-	struct entry *e = malloc(sizeof *e);
+	struct entry *e = xmalloc(sizeof *e);
 
-	if (e == NULL)
-		fatal("out of memory");
 	e->dev = r->dev;
 	e->ino = r->ino;
 	e->created = r->created;
@@ -40,10 +39,8 @@ static void loaded(void *arg, const struct upload_record *r)
 
 struct uploads *uploads_new(struct store *store, char *err, size_t errlen)
 {
-	struct uploads *u = calloc(1, sizeof *u);
+	struct uploads *u = xcalloc(1, sizeof *u);
 
-	if (u == NULL)
-		fatal("out of memory");
 	u->store = store;
 	u->files = map_new();
 	if (store_load_uploads(store, loaded, u, err, errlen) < 0) {
@@ -102,8 +99,7 @@ size_t uploads_expire(struct uploads *u, const char *dir, double retention, doub
 		n = 0;
 		while (n < 64 && map_next(u->files, &pos, &key, &len, &value))
 			if (now - ((struct entry *)value)->created >= retention)
-				if ((names[n++] = strndup(key, len)) == NULL)
-					fatal("out of memory");
+				names[n++] = xmemdup0(key, len);
 		for (size_t i = 0; i < n; i++) {
 			char path[PATH_MAX];
 			struct stat st;

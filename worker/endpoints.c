@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 /* ---- GET ---- */
 
@@ -33,12 +32,11 @@ static int answer_is_alive(struct lws *wsi, struct session *s, const char *rest)
 static int answer_get_timestamp(struct lws *wsi, struct session *s, const char *rest)
 {
 	char json[64];
-	struct timeval tv;
+	/* whole microseconds first, so the milliseconds are not cut short */
+	long long us = llround(wire_now() * 1e6);
 
 	(void)rest;
-	gettimeofday(&tv, NULL);
-	snprintf(json, sizeof json, "{\"timestamp\": %lld}",
-		 (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000);
+	snprintf(json, sizeof json, "{\"timestamp\": %lld}", us / 1000);
 	return http_answer_json(wsi, s, HTTP_STATUS_OK, json);
 }
 

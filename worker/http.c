@@ -16,9 +16,11 @@
  * in its endpoint's histogram and, with access_log, logged. */
 #include "http.h"
 
+#include "../core/clock.h"
 #include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
+#include "../core/xalloc.h"
 #include "wire.h"
 
 #include <jansson.h>
@@ -56,9 +58,7 @@ static size_t body_memory;
 struct http_req *http_req_get(struct session *s)
 {
 	if (s->req == NULL) {
-		s->req = calloc(1, sizeof *s->req);
-		if (s->req == NULL)
-			fatal("out of memory");
+		s->req = xcalloc(1, sizeof *s->req);
 		s->req->fd = -1;
 		s->req->file_fd = -1;
 	}
@@ -137,7 +137,7 @@ static void access_line(struct lws *wsi, struct http_req *r, unsigned int status
 		return;
 	lws_get_peer_simple(wsi, client, sizeof client);
 	log_info("access %s \"%s %s\" %u %lld %.1f ms", client, r->method, r->path, status,
-		 bytes, (wire_now() - r->started) * 1000);
+		 bytes, (clock_epoch() - r->started) * 1000);
 	r->method[0] = '\0'; /* once */
 }
 
@@ -147,7 +147,8 @@ static void count_time(struct session *s)
 	if (s == NULL || s->endpoint < 0 || s->started == 0)
 		return;
 	ipc_latency_count(http_env->stats->latency[s->endpoint],
-			  &http_env->stats->latency_sum[s->endpoint], wire_now() - s->started);
+			  &http_env->stats->latency_sum[s->endpoint],
+			  clock_epoch() - s->started);
 	s->endpoint = -1;
 }
 
@@ -179,9 +180,7 @@ int http_answer_sized(struct lws *wsi, struct session *s, unsigned int status,
 	int head_only = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
 
 	free(r->answer);
-	r->answer = malloc(LWS_PRE + HEADER_BUF + len);
-	if (r->answer == NULL)
-		fatal("out of memory");
+	r->answer = xmalloc(LWS_PRE + HEADER_BUF + len);
 	start = p = r->answer + LWS_PRE;
 	end = start + HEADER_BUF - 1;
 	if (lws_add_http_common_headers(wsi, status, type, content_length, &p, end) ||
@@ -493,9 +492,7 @@ static int post_start(struct lws *wsi, struct session *s, const struct endpoint 
 		if (refused != NULL)
 			return http_answer_error(wsi, s, HTTP_STATUS_BAD_REQUEST, refused, 1);
 	} else {
-		r->body = malloc(r->expected + 1);
-		if (r->body == NULL)
-			fatal("out of memory");
+		r->body = xmalloc(r->expected + 1);
 	}
 	if (length == 0)
 		return post_complete(wsi, s);
@@ -532,7 +529,7 @@ static int on_request(struct lws *wsi, struct session *s)
 	const struct endpoint *ep = NULL;
 
 	http_req_free(s);
-	s->started = wire_now(); /* its time is counted */
+	s->started = clock_epoch(); /* its time is counted */
 	s->endpoint = IPC_EP_OTHER;
 	if (method >= 0 && uri != NULL) {
 		ep = endpoint_find(uri);

@@ -11,6 +11,7 @@
 #include "http.h"
 
 #include "../core/log.h"
+#include "../core/xalloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,12 +99,10 @@ static int upload_cb(void *data, const char *name, const char *filename,
 		memset(u, 0, sizeof *u);
 		memcpy(u->stored, UPLOAD_PREFIX, strlen(UPLOAD_PREFIX));
 		random_hex(u->stored + strlen(UPLOAD_PREFIX), 16);
-		u->field = strdup(name);
-		u->original = strdup(filename);
+		u->field = xstrdup(name);
+		u->original = xstrdup(filename);
 		u->mimetype = static_mimetype(filename);
-		u->path = malloc(dirlen + UPLOAD_NAME_LEN + 2);
-		if (!u->field || !u->original || !u->path)
-			fatal("out of memory");
+		u->path = xmalloc(dirlen + UPLOAD_NAME_LEN + 2);
 		sprintf(u->path, "%s%s%s", dir, dirlen && dir[dirlen - 1] == '/' ? "" : "/",
 			u->stored);
 		r->nfiles++;

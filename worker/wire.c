@@ -1,21 +1,20 @@
 #include "wire.h"
 
+#include "../core/buf.h"
+#include "../core/clock.h"
 #include "../core/log.h"
+#include "../core/xalloc.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <yajl/yajl_parse.h>
 
 double wire_now(void)
 {
-	struct timeval tv;
-
-	gettimeofday(&tv, NULL);
-	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+	return clock_epoch();
 }
 
 /* "name":seconds.micros for an epoch time, without printf (a tenth of the
@@ -161,9 +160,7 @@ static int parse_json(const char *text, size_t len, double now, size_t backend_m
 		}
 		n += format_stamp(member + n, "router_incoming_timestamp", now);
 
-		out->payload = malloc(len + n + 3);
-		if (out->payload == NULL)
-			fatal("out of memory");
+		out->payload = xmalloc(len + n + 3);
 		out->len = packet_add_member_into(out->payload, text, len, member, n);
 		out->payload[out->len] = '\0';
 	} else {
@@ -223,7 +220,7 @@ enum fast_key {
 };
 
 struct fast_str {
-	size_t off, len; /* a copy in F.buf */
+	size_t off, len; /* a copy in F.strings */
 	int set;
 };
 
@@ -243,31 +240,21 @@ static struct {
 	struct fast_str subject, status, request_id;
 	char type[32];
 	double client_ts, server_ts;
-	/* copied strings and keys of this message */
 	yajl_handle h;
 	size_t end; /* bytes up to the top-level object's closing brace */
-	char *buf;
-	size_t buf_len, buf_cap;
+	struct buf strings; /* this message's strings and keys, each with a NUL */
 	struct key_slot *slots;
 	uint32_t nslots, nkeys, gen;
 } F;
 
 static size_t fast_copy(const unsigned char *s, size_t len)
 {
-	size_t off = F.buf_len;
+	size_t off = F.strings.len;
 
-	if (F.buf_len + len + 1 > F.buf_cap) {
-		size_t cap = F.buf_cap ? F.buf_cap : 1024;
-		while (cap < F.buf_len + len + 1)
-			cap *= 2;
-		F.buf = realloc(F.buf, cap);
-		if (F.buf == NULL)
-			fatal("out of memory");
-		F.buf_cap = cap;
-	}
-	memcpy(F.buf + off, s, len);
-	F.buf[off + len] = '\0';
-	F.buf_len += len + 1;
+	buf_reserve(&F.strings, len + 1);
+	memcpy(F.strings.data + off, s, len);
+	F.strings.data[off + len] = '\0';
+	F.strings.len += len + 1;
 	return off;
 }
 
@@ -285,9 +272,7 @@ static void keys_grow(void)
 	struct key_slot *old = F.slots;
 	uint32_t oldn = F.nslots, n = oldn ? oldn * 2 : 64;
 
-	F.slots = calloc(n, sizeof *F.slots);
-	if (F.slots == NULL)
-		fatal("out of memory");
+	F.slots = xcalloc(n, sizeof *F.slots);
 	F.nslots = n;
 	for (uint32_t i = 0; i < oldn; i++) {
 		uint32_t j;
@@ -312,7 +297,7 @@ static int key_insert(const unsigned char *s, size_t len)
 		struct key_slot *k = &F.slots[j];
 
 		if (k->hash == h && k->serial == F.serial && k->len == len &&
-		    memcmp(F.buf + k->off, s, len) == 0)
+		    memcmp(F.strings.data + k->off, s, len) == 0)
 			return -1;
 	}
 	F.slots[j] = (struct key_slot){ F.gen, F.serial, h, (uint32_t)fast_copy(s, len),
@@ -557,13 +542,11 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 
 	if (jansson_only(text, len))
 		return 0;
-	if (F.buf_cap > FAST_KEEP_BYTES || F.nslots > FAST_KEEP_SLOTS) {
+	if (F.strings.cap > FAST_KEEP_BYTES || F.nslots > FAST_KEEP_SLOTS) {
 		/* Grown for a huge message: not kept for the next ones. */
-		free(F.buf);
+		buf_free(&F.strings);
 		free(F.slots);
-		F.buf = NULL;
 		F.slots = NULL;
-		F.buf_cap = 0;
 		F.nslots = 0;
 	}
 	F.depth = 0;
@@ -574,7 +557,7 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 	F.has_data = F.has_type = 0;
 	F.subject.set = F.status.set = F.request_id.set = 0;
 	F.client_ts = F.server_ts = NAN;
-	F.buf_len = 0;
+	F.strings.len = 0;
 	F.nkeys = 0;
 	if (++F.gen == 0) { /* wrapped: forget every slot for real */
 		memset(F.slots, 0, (size_t)F.nslots * sizeof *F.slots);
@@ -607,10 +590,8 @@ static int wire_parse_fast(const char *text, size_t len, double now, size_t back
 	n += format_stamp(member + n, "router_incoming_timestamp", now);
 	/* One allocation: the payload, then the strings routing needs. */
 	strings = len + n + 3;
-	payload = malloc(strings + F.buf_len);
-	if (payload == NULL)
-		fatal("out of memory");
-	memcpy(payload + strings, F.buf, F.buf_len);
+	payload = xmalloc(strings + F.strings.len);
+	memcpy(payload + strings, F.strings.data, F.strings.len);
 	memset(out, 0, sizeof *out);
 	out->payload = payload;
 	out->len = packet_add_member_into(payload, text, len, member, n);
@@ -656,7 +637,7 @@ int wire_parse(const char *text, size_t len, double now, size_t backend_max,
 
 void wire_free_all(void)
 {
-	free(F.buf);
+	buf_free(&F.strings);
 	free(F.slots);
 	memset(&F, 0, sizeof F);
 }

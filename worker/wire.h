@@ -36,7 +36,9 @@ void wire_packet_free(struct wire_packet *p);
 /* Free the fast path's buffers (at exit: they are reused between packets). */
 void wire_free_all(void);
 
-/* Epoch seconds, as the protocol's timestamps. */
+/* Now, for the timestamps that go on the wire (router_incoming_timestamp,
+ * router_outgoing_timestamp, /get_timestamp) and the times measured from
+ * them: clock_epoch() (core/clock.h), under the protocol's name. */
 double wire_now(void);
 
 /* Write payload with "router_outgoing_timestamp" added into dst, which must

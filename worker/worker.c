@@ -51,7 +51,7 @@ static int exit_code;
 /* ---- IPC ---- */
 
 /* The supervisor's end: core/peer.c (flush policy in worker_main). */
-static void worker_send(const struct ipc_message *m)
+static void worker_ipc_send(const struct ipc_message *m)
 {
 	peer_send(ipc, m);
 }
@@ -69,7 +69,7 @@ static int worker_is_metrics_connection(struct lws *wsi);
 static struct worker_env env = {
 	.cfg = &worker_cfg,
 	.stats = &worker_stats,
-	.send = worker_send,
+	.send = worker_ipc_send,
 	.flush = worker_ipc_flush,
 	.paused = worker_ipc_paused,
 	.is_metrics_connection = worker_is_metrics_connection,
@@ -133,7 +133,7 @@ static void ipc_drained(struct peer *p, void *arg)
 		set_paused(0);
 }
 
-static void worker_drain(const char *why);
+static void start_draining(const char *why);
 
 /* A malformed message from the supervisor is a bug: exit and be restarted. */
 static void ipc_broken(const char *why)
@@ -190,7 +190,7 @@ static void supervisor_message(struct peer *p, const struct ipc_message *m, void
 		ws_close(m->ws_close.conn, m->ws_close.code);
 		return;
 	case IPC_DRAIN:
-		worker_drain("the supervisor asked");
+		start_draining("the supervisor asked");
 		return;
 	case IPC_CONFIG:
 		apply_config(m->config.text, m->config.len);
@@ -225,7 +225,7 @@ static void ipc_ended(struct peer *p, const char *why, int malformed, void *arg)
 		event_base_loopexit(base, NULL);
 		return;
 	}
-	worker_drain("the supervisor is gone");
+	start_draining("the supervisor is gone");
 }
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -388,10 +388,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 	if (wsi == NULL) {
 		log_warn("could not adopt a connection");
 	} else {
-		struct address_key *k = malloc(sizeof *k);
+		struct address_key *k = xmalloc(sizeof *k);
 
-		if (k == NULL)
-			fatal("out of memory");
 		*k = key;
 		map_put(address_of, &wsi, sizeof wsi, k);
 		address_add(&key, 1);
@@ -481,7 +479,7 @@ static void stats_tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	struct ipc_message m = { .type = IPC_STATS, .stats = worker_stats };
 
-	worker_send(&m);
+	worker_ipc_send(&m);
 }
 
 static int worker_start(const struct ipc_message *m)
@@ -575,7 +573,7 @@ static int worker_start(const struct ipc_message *m)
 
 		hello.hello_worker.slot = (uint32_t)worker_slot;
 		hello.hello_worker.pid = getpid();
-		worker_send(&hello);
+		worker_ipc_send(&hello);
 	}
 	log_debug("serving");
 	return 0;
@@ -600,7 +598,9 @@ static void drain_tick_cb(evutil_socket_t fd, short what, void *arg)
 	evtimer_add(drain_tick, &tv);
 }
 
-static void worker_drain(const char *why)
+/* This worker stops accepting, closes its WebSockets (1001, after what is
+ * queued for them) and exits once they are gone or at shutdown_timeout. */
+static void start_draining(const char *why)
 {
 	struct timeval tv = { 0, 20000 };
 
@@ -623,7 +623,7 @@ static void sigterm_cb(evutil_socket_t sig, short what, void *arg)
 	(void)sig;
 	(void)what;
 	(void)arg;
-	worker_drain("SIGTERM");
+	start_draining("SIGTERM");
 }
 
 int worker_main(int slot)

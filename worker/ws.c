@@ -1,11 +1,11 @@
 /* WebSocket connections of one worker.
  *
  * Each connection has a 64-bit id from an idtable, so the supervisor can
- * address it and a stale id never reaches a newer connection. Incoming messages are reassembled up
- * to max_message_bytes (lws hands them over in chunks), parsed and
- * validated (wire.c) and forwarded over IPC as routing fields plus the
- * packet's bytes; an invalid packet is dropped and logged (once per
- * connection), and the connection stays open.
+ * address it and a stale id never reaches a newer connection. Incoming
+ * messages are reassembled up to max_message_bytes (lws hands them over in
+ * chunks), parsed and validated (wire.c) and forwarded over IPC as routing
+ * fields plus the packet's bytes; an invalid packet is dropped and logged
+ * (once per connection), and the connection stays open.
  *
  * Outgoing packets wait in a per-connection queue and are written while
  * the socket takes them, stamped with router_outgoing_timestamp as they
@@ -21,12 +21,15 @@
  * written buffer (LWS-NOTES trap 1). */
 #include "worker.h"
 
+#include "../core/buf.h"
 #include "../core/cidr.h"
+#include "../core/clock.h"
 #include "../core/idtable.h"
 #include "../core/ipc.h"
 #include "../core/log.h"
 #include "../core/map.h"
 #include "../core/wsframe.h"
+#include "../core/xalloc.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -48,8 +51,7 @@ struct out_msg {
 struct conn {
 	uint64_t id;
 	struct lws *wsi;
-	char *rx;
-	size_t rx_len, rx_cap;
+	struct buf rx; /* a message that came in pieces, until its last */
 	struct out_msg *head, *tail;
 	size_t queued_bytes;
 	uint32_t close_code; /* close once the queue is sent */
@@ -74,10 +76,10 @@ int lws_mr_has_buffered_out(struct lws *wsi);
 static const struct worker_env *env; /* ws_init() */
 static struct idtable conns;
 
-/* The frames of one write, for any connection: lws_write() is done with
- * the buffer when it returns (it copies what the kernel did not take). */
-static unsigned char *batch;
-static size_t batch_cap;
+/* The frames of one write, for any connection, after LWS_PRE bytes of
+ * room for lws: lws_write() is done with the buffer when it returns (it
+ * copies what the kernel did not take). */
+static struct buf batch;
 
 void ws_init(const struct worker_env *e)
 {
@@ -86,10 +88,8 @@ void ws_init(const struct worker_env *e)
 
 static struct conn *conn_new(struct lws *wsi)
 {
-	struct conn *c = calloc(1, sizeof *c);
+	struct conn *c = xcalloc(1, sizeof *c);
 
-	if (c == NULL)
-		fatal("out of memory");
 	c->wsi = wsi;
 	c->id = idtable_add(&conns, c);
 	return c;
@@ -129,7 +129,7 @@ static void conn_free(struct conn *c)
 {
 	idtable_del(&conns, c->id);
 	drop_queue(c);
-	free(c->rx);
+	buf_free(&c->rx);
 	free(c);
 }
 
@@ -170,9 +170,7 @@ static void enqueue(uint64_t id, uint64_t seq, double answers, const char *data,
 		ws_close(id, LWS_CLOSE_STATUS_POLICY_VIOLATION);
 		return;
 	}
-	m = malloc(sizeof *m + len);
-	if (m == NULL)
-		fatal("out of memory");
+	m = xmalloc(sizeof *m + len);
 	m->next = NULL;
 	m->seq = seq;
 	m->answers = answers;
@@ -240,9 +238,7 @@ void ws_free_all(void)
 		conn_free(c);
 	idtable_free(&conns);
 	ws_buckets_free();
-	free(batch);
-	batch = NULL;
-	batch_cap = 0;
+	buf_free(&batch);
 }
 
 static int close_with(struct lws *wsi, uint32_t code, const char *why)
@@ -375,7 +371,7 @@ static struct map *buckets;
 
 static int address_may_add_agent(const char *addr)
 {
-	double cap = (double)env->cfg->max_agents_per_address, now = wire_now();
+	double cap = (double)env->cfg->max_agents_per_address, now = clock_epoch();
 	struct bucket *b;
 
 	if (buckets == NULL || map_count(buckets) >= 10000) {
@@ -384,9 +380,7 @@ static int address_may_add_agent(const char *addr)
 	}
 	b = map_get(buckets, addr, strlen(addr));
 	if (b == NULL) {
-		b = malloc(sizeof *b);
-		if (b == NULL)
-			fatal("out of memory");
+		b = xmalloc(sizeof *b);
 		b->tokens = cap;
 		b->at = now;
 		map_put(buckets, addr, strlen(addr), b);
@@ -430,8 +424,8 @@ static int agent_allowed(struct conn *c, const char *id)
 	if (c->nagents < max && c->nagents < sizeof c->agents / sizeof c->agents[0]) {
 		if (!address_may_add_agent(c->client)) {
 			env->stats->agents_refused++;
-			if (wire_now() - last_address_log >= 60) {
-				last_address_log = wire_now();
+			if (clock_epoch() - last_address_log >= 60) {
+				last_address_log = clock_epoch();
 				log_warn("%s: more than max_agents_per_address (%d) new agents "
 					 "a minute; dropped (%llu so far in this worker; logged "
 					 "once a minute)", c->client,
@@ -525,65 +519,30 @@ static int on_receive(struct lws *wsi, struct conn *c, const void *in, size_t le
 		return close_with(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
 				  "only text messages are accepted");
 	}
-	if (c->rx_len + len > max) {
+	if (c->rx.len + len > max) {
 		log_info("conn %llu: message over max_message_bytes (%zu); closing",
 			 (unsigned long long)c->id, max);
 		return close_with(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
 				  "message too large");
 	}
-	if (c->rx_len == 0 && lws_is_final_fragment(wsi) &&
+	if (c->rx.len == 0 && lws_is_final_fragment(wsi) &&
 	    lws_remaining_packet_payload(wsi) == 0) {
 		/* The whole message in one piece (the usual case): parse it
 		 * where it is, and keep no buffer for the connection. */
 		return forward_packet(wsi, c, in, len);
 	}
-	if (c->rx_len + len > c->rx_cap) {
-		size_t cap = c->rx_cap ? c->rx_cap : 4096;
-		while (cap < c->rx_len + len)
-			cap *= 2;
-		c->rx = realloc(c->rx, cap);
-		if (c->rx == NULL)
-			fatal("out of memory");
-		c->rx_cap = cap;
-	}
-	if (len > 0) { /* an empty first fragment: nothing, and no buffer yet */
-		memcpy(c->rx + c->rx_len, in, len);
-		c->rx_len += len;
-	}
+	buf_append(&c->rx, in, len); /* an empty piece: nothing, and no buffer yet */
 	if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
 		return 0;
-	rc = forward_packet(wsi, c, c->rx, c->rx_len);
-	c->rx_len = 0;
+	rc = forward_packet(wsi, c, c->rx.data, c->rx.len);
 	/* Messages in pieces are rare: keep no buffer per connection. */
-	free(c->rx);
-	c->rx = NULL;
-	c->rx_cap = 0;
+	buf_free(&c->rx);
 	return rc;
 }
 
 #define BATCH_BYTES (64 * 1024) /* a write stops growing past this */
 #define BATCH_KEEP (256 * 1024)  /* a bigger buffer is not kept */
 
-static void batch_room(size_t need)
-{
-	if (need <= batch_cap)
-		return;
-	batch_cap = batch_cap ? batch_cap : 4096;
-	while (batch_cap < need)
-		batch_cap *= 2;
-	batch = realloc(batch, batch_cap); /* keeps the frames already in it */
-	if (batch == NULL)
-		fatal("out of memory");
-}
-
-/* Write queued packets while the socket takes them, at most 64 per
- * callback (fair to the other connections). lws has no call that sends
- * more than one message, and one send() per packet was the largest cost
- * left in the worker (over loopback each send is also the receiver's
- * whole receive path): the packets waiting are framed here, each as
- * lws_write(LWS_WRITE_TEXT) would, and go to lws as one raw write, which
- * keeps lws's handling of short sends (what the kernel does not take, lws
- * sends first, before any frame of its own, such as a close or a pong). */
 /* Packets up to seq are the kernel's now: the supervisor lets them go
  * (and answers what waited for them). The backend's writes are reported at
  * once, so that a worker killed right after loses as little as it can to
@@ -599,6 +558,14 @@ static void report_written(struct conn *c, uint64_t seq)
 		env->flush();
 }
 
+/* Write queued packets while the socket takes them, at most 64 per
+ * callback (fair to the other connections). lws has no call that sends
+ * more than one message, and one send() per packet was the largest cost
+ * left in the worker (over loopback each send is also the receiver's
+ * whole receive path): the packets waiting are framed here, each as
+ * lws_write(LWS_WRITE_TEXT) would, and go to lws as one raw write, which
+ * keeps lws's handling of short sends (what the kernel does not take, lws
+ * sends first, before any frame of its own, such as a close or a pong). */
 static int on_writeable(struct lws *wsi, struct conn *c)
 {
 	int budget = 64, written, choked;
@@ -611,19 +578,23 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 	}
 	while (c->head != NULL && budget > 0) {
 		struct out_msg *framed = NULL, **framed_tail = &framed;
-		size_t used = LWS_PRE;
 
-		while (c->head != NULL && budget > 0 && used - LWS_PRE < BATCH_BYTES) {
+		batch.len = 0;
+		buf_reserve(&batch, LWS_PRE);
+		batch.len = LWS_PRE;
+		while (c->head != NULL && budget > 0 && batch.len - LWS_PRE < BATCH_BYTES) {
 			struct out_msg *m = c->head;
+			unsigned char *frame;
 			size_t n, h;
 
-			batch_room(used + WS_FRAME_HEADER_MAX + m->len + WIRE_OUTGOING_STAMP_BYTES);
-			n = wire_stamp_outgoing((char *)batch + used + WS_FRAME_HEADER_MAX,
-						m->payload, m->len, wire_now());
-			h = ws_text_frame_header(batch + used, n);
+			buf_reserve(&batch, WS_FRAME_HEADER_MAX + m->len + WIRE_OUTGOING_STAMP_BYTES);
+			frame = (unsigned char *)batch.data + batch.len;
+			n = wire_stamp_outgoing((char *)frame + WS_FRAME_HEADER_MAX, m->payload,
+						m->len, wire_now());
+			h = ws_text_frame_header(frame, n);
 			if (h != WS_FRAME_HEADER_MAX)
-				memmove(batch + used + h, batch + used + WS_FRAME_HEADER_MAX, n);
-			used += h + n;
+				memmove(frame + h, frame + WS_FRAME_HEADER_MAX, n);
+			batch.len += h + n;
 			c->head = m->next;
 			if (c->head == NULL)
 				c->tail = NULL;
@@ -635,7 +606,8 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 		}
 		/* lws_write() fails only when send() did, with nothing of this
 		 * batch taken: the supervisor sends those packets again. */
-		written = lws_write(wsi, batch + LWS_PRE, used - LWS_PRE, LWS_WRITE_RAW) >= 0;
+		written = lws_write(wsi, (unsigned char *)batch.data + LWS_PRE,
+				    batch.len - LWS_PRE, LWS_WRITE_RAW) >= 0;
 		last_seq = 0;
 		while (framed != NULL) {
 			struct out_msg *m = framed;
@@ -661,11 +633,8 @@ static int on_writeable(struct lws *wsi, struct conn *c)
 				c->unreported = 0;
 			}
 		}
-		if (batch_cap > BATCH_KEEP) { /* after a huge message: give it back */
-			free(batch);
-			batch = NULL;
-			batch_cap = 0;
-		}
+		if (batch.cap > BATCH_KEEP) /* after a huge message: give it back */
+			buf_free(&batch);
 		if (!written) {
 			log_info("conn %llu: write failed; closing", (unsigned long long)c->id);
 			return -1;
