@@ -134,7 +134,7 @@ static int pack_fields(msgpack_packer *pk, const struct ipc_message *m)
 		return msgpack_pack_uint64(pk, m->download_check.req) < 0 ||
 		       pack_cstr(pk, m->download_check.stored) < 0 ? -1 : 0;
 	case IPC_STATS:
-		return pack_bin(pk, &m->stats, sizeof m->stats);
+		return pack_bin(pk, m->stats.bytes, sizeof(struct worker_stats));
 	case IPC_METRICS_REQUEST:
 		return msgpack_pack_uint64(pk, m->metrics_request.req);
 	case IPC_METRICS:
@@ -394,9 +394,9 @@ static int decode_fields(struct fields *f, struct ipc_message *m)
 
 		if (get_bytes(f, MSGPACK_OBJECT_BIN, &data, &len) < 0)
 			return -1;
-		if (len != sizeof m->stats)
+		if (len != sizeof(struct worker_stats))
 			return field_fail(f, "stats of the wrong size");
-		memcpy(&m->stats, data, len); /* aligned, and kept */
+		m->stats.bytes = data;
 		return 0;
 	}
 	case IPC_METRICS_REQUEST:
@@ -682,7 +682,7 @@ size_t ipc_payload_len(const struct ipc_message *m)
 	case IPC_WS_PACKET: return m->ws_packet.packet.len;
 	case IPC_HTTP_REQUEST: return m->http_request.len;
 	case IPC_VERSION_MISMATCH: return m->version_mismatch.len;
-	case IPC_STATS: return sizeof m->stats;
+	case IPC_STATS: return sizeof(struct worker_stats);
 	case IPC_METRICS: return m->metrics.len;
 	case IPC_WS_SEND: return m->ws_send.len;
 	case IPC_CONFIG: return m->config.len;

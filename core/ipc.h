@@ -183,7 +183,9 @@ struct ipc_message {
 			uint64_t size, dev, ino;
 		} upload_stored;
 		struct { uint64_t req; const char *stored; } download_check;
-		struct worker_stats stats;
+		/* the struct worker_stats as its bytes (the sender's; decoded,
+		 * possibly unaligned: copy them out with memcpy) */
+		struct { const void *bytes; } stats;
 		struct { uint64_t req; } metrics_request;
 		struct {
 			uint64_t conn, seq;

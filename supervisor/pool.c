@@ -247,7 +247,7 @@ static void worker_message(struct peer *p, const struct ipc_message *m, void *ar
 			pool->cb.ready(pool->arg);
 		return;
 	case IPC_STATS:
-		w->stats = m->stats;
+		memcpy(&w->stats, m->stats.bytes, sizeof w->stats);
 		w->has_stats = 1;
 		return;
 	default:

@@ -477,7 +477,7 @@ static void stats_tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	struct ipc_message m = { .type = IPC_STATS, .stats = worker_stats };
+	struct ipc_message m = { .type = IPC_STATS, .stats = { &worker_stats } };
 
 	worker_ipc_send(&m);
 }
