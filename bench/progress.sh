@@ -11,7 +11,10 @@
 # "What was slow and what changed it" of BENCHMARKS.md (make bench keeps
 # the file; this script does not rewrite BENCHMARKS.md itself).
 #
-# Env: OUT (build), BENCH_RUNS (3). About 2 minutes per commit.
+# Env: OUT (build), BENCH_RUNS (3), PROGRESS_RESULTS (the RESULT file,
+# $OUT/bench/progress.txt; build/bench/refactor.txt for the before/after
+# table of a refactor, see bench/report.py --refactor). About 2 minutes per
+# commit.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: bench/progress.sh COMMIT..." >&2; exit 2; }
@@ -21,7 +24,8 @@ OUT=${OUT:-build}
 RUNS=${BENCH_RUNS:-3}
 PYTHON=${PYTHON:-/usr/bin/python3}
 LOAD=$ROOT/$OUT/mr-load
-RESULTS=$ROOT/$OUT/bench/progress.txt
+RESULTS=${PROGRESS_RESULTS:-$OUT/bench/progress.txt}
+case $RESULTS in /*) ;; *) RESULTS=$ROOT/$RESULTS ;; esac
 WT=$ROOT/$OUT/progress
 
 say() { echo "progress: $*" >&2; }

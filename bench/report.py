@@ -3,7 +3,13 @@
 
   report.py --median FILE LABEL KEY      print the median of KEY over LABEL's runs
   report.py --write BENCHMARKS.md DIR    rewrite BENCHMARKS.md from DIR/standard.txt
-                                         and, when present, DIR/big.txt
+                                         and, when present, DIR/big.txt (and the
+                                         refactor check of DIR/refactor.txt, or the
+                                         one BENCHMARKS.md has)
+  report.py --refactor BENCHMARKS.md FILE   put "Refactors: before and after" from
+                                         FILE (bench/progress.sh's results for the
+                                         commits before and after) into BENCHMARKS.md,
+                                         leaving the rest as it is
 
 Standard library only. Every figure is the median of the runs; the range
 (min to max) is shown next to it. Nothing is invented: a figure that was not
@@ -273,6 +279,82 @@ def progress(add, path):
     add("")
 
 
+REFACTOR_HEADING = "## Refactors: before and after"
+
+
+def refactor_section(path):
+    """The lines of "Refactors: before and after": bench/progress.sh run
+    on the commit before a refactor and the commit after it, in one
+    sitting (PROGRESS_RESULTS=build/bench/refactor.txt)."""
+    commits, runs, notes = parse_progress(path)
+    if len(commits) < 2:
+        return []
+    L = [REFACTOR_HEADING, ""]
+    L.append("A change of structure, not of behaviour, must not make the router slower. "
+             "The router of the commit before it and of the commit after it, against the "
+             "same load generator (mr-load of commit {}), 2 workers, medians of {} runs, "
+             "interleaved run by run, {}:".format(notes.get("load", "?"),
+                                                  notes.get("runs", "?"),
+                                                  notes.get("date", "?")))
+    L += ["", "```", "PROGRESS_RESULTS=build/bench/refactor.txt bench/progress.sh " +
+          " ".join(c for c, _ in commits), "```", ""]
+    L.append("| commit | its message | up 100 x 50, packets/s | down 100 x 50, packets/s "
+             "| up 100 x 1, p50 ms | register, requests/s |")
+    L.append("|---|---|---|---|---|---|")
+    for sha, subject in commits:
+        def m(label, key, digits=0):
+            return fmt(median(runs, "{}:{}".format(sha, label), key), digits)
+
+        def r(label, key, digits=0):
+            vals = [v for v in (number(f.get(key))
+                                for f in runs.get("{}:{}".format(sha, label), []))
+                    if v is not None]
+            if not vals:
+                return m(label, key, digits)
+            return "{} ({}-{})".format(m(label, key, digits), fmt(min(vals), digits),
+                                       fmt(max(vals), digits))
+        L.append("| {} | {} | {} | {} | {} | {} |".format(
+            sha, subject.replace("|", "/"), r("up-100x50", "rate"), r("down-100x50", "rate"),
+            r("up-100x1", "p50_ms", 3), r("register-50", "rate")))
+    L.append("")
+    return L
+
+
+def kept_section(path, heading):
+    """A section of the current file (from its heading to the next "## "),
+    for one whose data this run does not have."""
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return []
+    if heading not in lines:
+        return []
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    return lines[start:end]
+
+
+def splice(path, section):
+    """Put section (its heading first) into the file at path: in place of
+    the section of that heading, or before "## State database"."""
+    if not section:
+        raise SystemExit("report.py: no two commits in that progress file")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    old = kept_section(path, section[0])
+    if old:
+        start = lines.index(section[0])
+        lines[start:start + len(old)] = section
+    else:
+        at = next((i for i, line in enumerate(lines)
+                   if line.startswith("## State database")), len(lines))
+        lines[at:at] = section
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
 def write(path, directory):
     std, notes = parse(os.path.join(directory, "standard.txt"))
     big, big_notes = parse(os.path.join(directory, "big.txt"))
@@ -487,6 +569,9 @@ def write(path, directory):
         "included (mr-load's own CPU is in the figures above).")
     add("")
     progress(add, os.path.join(directory, "progress.txt"))
+    for line in (refactor_section(os.path.join(directory, "refactor.txt")) or
+                 kept_section(path, REFACTOR_HEADING)):
+        add(line)
     state, state_notes = parse(os.path.join(directory, "state.txt"))
     add("## State database (`make bench-state`)")
     add("")
@@ -538,6 +623,9 @@ def main(argv):
         return 0
     if len(argv) == 4 and argv[1] == "--write":
         write(argv[2], argv[3])
+        return 0
+    if len(argv) == 4 and argv[1] == "--refactor":
+        splice(argv[2], refactor_section(argv[3]))
         return 0
     print(__doc__, file=sys.stderr)
     return 2
