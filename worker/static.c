@@ -43,37 +43,19 @@ void static_free_all(void)
 
 /* Types lws lacks, and the fallback for any other extension (lws answers
  * 415 for unknown ones: LWS-NOTES trap 4). */
-static const struct lws_protocol_vhost_options mime_fallback = {
-	NULL, NULL, "*", "application/octet-stream"
+static const struct lws_protocol_vhost_options mimes[] = {
+	{ &mimes[1], NULL, ".wav", "audio/wav" },
+	{ &mimes[2], NULL, ".mp3", "audio/mpeg" },
+	{ &mimes[3], NULL, ".mp4", "video/mp4" },
+	{ &mimes[4], NULL, ".csv", "text/csv" },
+	{ &mimes[5], NULL, ".pdf", "application/pdf" },
+	{ &mimes[6], NULL, ".webp", "image/webp" },
+	{ &mimes[7], NULL, ".wasm", "application/wasm" },
+	{ &mimes[8], NULL, ".map", "application/json" },
+	{ &mimes[9], NULL, ".mjs", "text/javascript" },
+	{ NULL, NULL, "*", "application/octet-stream" }, /* the fallback, last */
 };
-static const struct lws_protocol_vhost_options mime_mjs = {
-	&mime_fallback, NULL, ".mjs", "text/javascript"
-};
-static const struct lws_protocol_vhost_options mime_map = {
-	&mime_mjs, NULL, ".map", "application/json"
-};
-static const struct lws_protocol_vhost_options mime_wasm = {
-	&mime_map, NULL, ".wasm", "application/wasm"
-};
-static const struct lws_protocol_vhost_options mime_webp = {
-	&mime_wasm, NULL, ".webp", "image/webp"
-};
-static const struct lws_protocol_vhost_options mime_pdf = {
-	&mime_webp, NULL, ".pdf", "application/pdf"
-};
-static const struct lws_protocol_vhost_options mime_csv = {
-	&mime_pdf, NULL, ".csv", "text/csv"
-};
-static const struct lws_protocol_vhost_options mime_mp4 = {
-	&mime_csv, NULL, ".mp4", "video/mp4"
-};
-static const struct lws_protocol_vhost_options mime_mp3 = {
-	&mime_mp4, NULL, ".mp3", "audio/mpeg"
-};
-static const struct lws_protocol_vhost_options mime_wav = {
-	&mime_mp3, NULL, ".wav", "audio/wav"
-};
-static const struct lws_http_mount mime_mount = { .extra_mimetypes = &mime_wav };
+static const struct lws_http_mount mime_mount = { .extra_mimetypes = mimes };
 
 const char *static_mimetype(const char *name)
 {

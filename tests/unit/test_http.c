@@ -177,6 +177,34 @@ static void test_unknown_path_404(void **state)
 	assert_true(client_close(c));
 }
 
+/* Static files get the MIME types lws lacks from static.c's table, and any
+ * other extension application/octet-stream (lws itself would answer 415). */
+static void test_static_mime_types(void **state)
+{
+	static const char *const files[][2] = {
+		{ "a.mjs", "text/javascript" }, { "a.wasm", "application/wasm" },
+		{ "a.map", "application/json" }, { "a.wav", "audio/wav" },
+		{ "a.csv", "text/csv" }, { "a.html", "text/html" },
+		{ "a.no-such-type", "application/octet-stream" },
+	};
+	struct client *c = client_connect(0);
+	struct http_response r;
+	char line[128];
+
+	(void)state;
+	assert_non_null(c);
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		harness_static_file(files[i][0], "x");
+		snprintf(line, sizeof line, "GET /%s HTTP/1.1\r\nHost: localhost\r\n\r\n",
+			 files[i][0]);
+		request(c, line, &r);
+		assert_int_equal(r.status, 200);
+		expect_header(&r, "content-type", files[i][1]);
+		http_response_free(&r);
+	}
+	assert_true(client_close(c));
+}
+
 /* POST /submit_task: one HTTP_REQUEST (a precious submission that forgets
  * the agent) carrying the packet for the backend; the client hears only
  * once the supervisor answers, then the endpoint's own body. */
@@ -603,6 +631,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_is_alive, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_path_404, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_static_mime_types, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_submit_task, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_agent, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_body_over_max_413, setup, teardown),
