@@ -282,6 +282,14 @@ void harness_service(void)
 	lws_service(harness.context, -1); /* -1: poll without waiting */
 }
 
+void harness_settle(void)
+{
+	for (int i = 0; i < 100; i++) {
+		harness_service();
+		usleep(200);
+	}
+}
+
 int harness_until(int (*cond)(void *), void *arg)
 {
 	double deadline = now_ms() + HARNESS_WAIT_MS;

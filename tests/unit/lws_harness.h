@@ -76,6 +76,8 @@ void harness_clear(void);
 
 /* One lws service, without waiting. */
 void harness_service(void);
+/* Service lws a while (about 20 ms): for what must NOT happen. */
+void harness_settle(void);
 /* Services until cond(arg) is true, at most HARNESS_WAIT_MS; returns
  * whether it became true. */
 int harness_until(int (*cond)(void *), void *arg);

@@ -38,19 +38,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Service lws a while (about 20 ms) for what must NOT happen. */
-static void settle(void)
-{
-	for (int i = 0; i < 100; i++) {
-		harness_service();
-		usleep(200);
-	}
-}
 
 /* Bytes the client got that no test read, after a while. */
 static size_t unheard(struct client *c)
 {
-	settle();
+	harness_settle();
 	client_take(c);
 	return c->in_len;
 }
@@ -170,7 +162,7 @@ static void test_unknown_path_404(void **state)
 	assert_string_equal(r.body, "hello\n");
 	expect_header(&r, "x-router-worker", "5");
 	http_response_free(&r);
-	settle();
+	harness_settle();
 	assert_int_equal(harness.stats.http_requests, 3);
 	assert_int_equal(harness.stats.http_errors, 2);
 	assert_int_equal(counted(IPC_EP_STATIC), 3);
@@ -226,7 +218,7 @@ static void test_submit_task(void **state)
 	assert_int_equal(client_send(c, text, strlen(text)), 0);
 	assert_true(harness_wait_msgs(IPC_HTTP_REQUEST, 1));
 	after = wire_now();
-	settle();
+	harness_settle();
 	assert_int_equal(harness_msg_count(), 1);
 	m = harness_find(IPC_HTTP_REQUEST, 0);
 	assert_true(m->http_request.req != 0);
@@ -348,7 +340,7 @@ static void test_body_over_max_413(void **state)
 	expect_header(&r, "connection", "close");
 	http_response_free(&r);
 	assert_true(client_wait_eof(c));
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_HTTP_REQUEST), 1);
 	assert_int_equal(harness.stats.http_errors, 1);
 	assert_true(client_close(c));
@@ -403,7 +395,7 @@ static void test_bad_posts_refused(void **state)
 		http_response_free(&r);
 		assert_true(client_close(c));
 	}
-	settle();
+	harness_settle();
 	assert_int_equal(harness_msg_count(), 0);
 	assert_int_equal(harness.stats.http_errors, 7);
 }
@@ -424,7 +416,7 @@ static void test_metrics_only_on_metrics_connection(void **state)
 	request(c, get, &r);
 	assert_int_equal(r.status, 404);
 	http_response_free(&r);
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_METRICS_REQUEST), 0);
 
 	assert_int_equal(client_send(mc, get, strlen(get)), 0);
@@ -470,7 +462,7 @@ static void test_request_time_counted(void **state)
 	assert_int_equal(http_read_response(c, &r), 0);
 	assert_int_equal(r.status, 200);
 	http_response_free(&r);
-	settle();
+	harness_settle();
 	assert_int_equal(counted(IPC_EP_SUBMIT_TASK), 1);
 	assert_int_equal(counted_all(), 1);
 	for (int b = 0; b < 4; b++) /* up to 10 ms */

@@ -39,14 +39,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Service lws a while (about 20 ms) for what must NOT happen. */
-static void settle(void)
-{
-	for (int i = 0; i < 100; i++) {
-		harness_service();
-		usleep(200);
-	}
-}
 
 /* A client upgraded to a WebSocket, and the id ws.c gave it (WS_OPENED). */
 static uint64_t open_ws(struct client **cp)
@@ -154,7 +146,7 @@ static void test_text_packet_forwarded(void **state)
 	send_text(c, text);
 	assert_true(harness_wait_msgs(IPC_WS_PACKET, 1));
 	after = wire_now();
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 1);
 	m = harness_find(IPC_WS_PACKET, 0);
 	p = &m->ws_packet.packet;
@@ -233,7 +225,7 @@ static void test_pieces_joined(void **state)
 	id = open_ws(&c);
 	assert_int_equal(ws_client_send_frame(c, 0, 0x1, parts[0], strlen(parts[0])), 0);
 	assert_int_equal(ws_client_send_frame(c, 0, 0x0, parts[1], strlen(parts[1])), 0);
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 0); /* not whole yet */
 	assert_int_equal(ws_client_send_frame(c, 1, 0x0, parts[2], strlen(parts[2])), 0);
 	assert_true(harness_wait_msgs(IPC_WS_PACKET, 1));
@@ -251,7 +243,7 @@ static void test_pieces_joined(void **state)
 	p = &harness_find(IPC_WS_PACKET, 1)->ws_packet.packet;
 	assert_string_equal(p->subject_id, "agent-9");
 	assert_memory_equal(p->payload, big, sizeof big - 2); /* up to the last '}' */
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 2);
 	hang_up_expect_closed(c, id);
 }
@@ -266,7 +258,7 @@ static void test_invalid_packet_dropped(void **state)
 	id = open_ws(&c);
 	send_text(c, "this is not JSON");
 	send_text(c, "{\"packet_type\":\"no_such_type\",\"subject_id\":\"a\"}");
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 0);
 	assert_int_equal(harness.stats.invalid_packets, 2);
 	assert_int_equal(harness_count(IPC_WS_CLOSED), 0);
@@ -319,7 +311,7 @@ static void test_too_large_closes_1009(void **state)
 	msg[0] = ' '; /* the same JSON, one byte longer */
 	send_text(c, msg);
 	expect_close(c, 1009);
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 1);
 	hang_up_expect_closed(c, id);
 }
@@ -360,7 +352,7 @@ static void test_send_in_order_reports_sent(void **state)
 		ws_frame_free(&f);
 	}
 	assert_true(harness_wait_msgs(IPC_WS_SENT, 1));
-	settle();
+	harness_settle();
 	/* reports only grow, and end at the last seq */
 	for (size_t i = 1; i < harness_count(IPC_WS_SENT); i++)
 		assert_true(harness_find(IPC_WS_SENT, i)->ws_written.seq >
@@ -392,7 +384,7 @@ static void test_heartbeat_answer_counted(void **state)
 	assert_memory_equal(f.payload, answer, strlen(answer) - 1);
 	assert_non_null(strstr(f.payload, "router_outgoing_timestamp"));
 	ws_frame_free(&f);
-	settle();
+	harness_settle();
 	for (int b = 0; b <= IPC_LATENCY_BUCKETS; b++)
 		total += harness.stats.heartbeat[b];
 	for (int b = 0; b < 4; b++) /* up to 10 ms */
@@ -497,7 +489,7 @@ static void test_paused_reads_nothing(void **state)
 	harness.paused = 1;
 	id = open_ws(&c);
 	send_text(c, "{\"packet_type\":\"alive\",\"subject_id\":\"agent-2\"}");
-	settle();
+	harness_settle();
 	assert_int_equal(harness_count(IPC_WS_PACKET), 0);
 	harness.paused = 0;
 	ws_pause_all(0);
