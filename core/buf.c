@@ -11,7 +11,7 @@
 
 #define BUF_FIRST 1024 /* the first allocation; then doubled */
 
-void buf_reserve(struct buf *b, size_t n)
+void buf_grow(struct buf *b, size_t n)
 {
 	size_t need = b->len + n, cap;
 

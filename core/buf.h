@@ -15,8 +15,14 @@ struct buf {
 
 #define BUF_INIT { NULL, 0, 0 }
 
-/* Room for n bytes after the len used. */
-void buf_reserve(struct buf *b, size_t n);
+/* Room for n bytes after the len used (the check inline: it runs for
+ * every string of every packet in wire.c's fast path). */
+void buf_grow(struct buf *b, size_t n);
+static inline void buf_reserve(struct buf *b, size_t n)
+{
+	if (n > b->cap - b->len)
+		buf_grow(b, n);
+}
 void buf_append(struct buf *b, const void *data, size_t n);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The bytes with a NUL after them, now the caller's to free; *len (when
