@@ -135,10 +135,10 @@ BENCH_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(wildcard bench/*.c))
 
 .PHONY: bench bench-big bench-state bench-clean
 
-$(OUT)/mr-load: $(OUT)/obj/cmd/mr-load.o $(BENCH_OBJ)
+$(OUT)/mr-load: $(OUT)/obj/cmd/mr-load.o $(BENCH_OBJ) $(OUT)/obj/core/clock.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(OUT)/mr-echo: $(OUT)/obj/cmd/mr-echo.o $(BENCH_OBJ)
+$(OUT)/mr-echo: $(OUT)/obj/cmd/mr-echo.o $(BENCH_OBJ) $(OUT)/obj/core/clock.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 bench: all $(OUT)/mr-load $(OUT)/mr-echo

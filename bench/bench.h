@@ -4,6 +4,8 @@
 #ifndef MR_BENCH_H
 #define MR_BENCH_H
 
+#include "../core/clock.h"
+
 #include <event2/event.h>
 #include <libwebsockets.h>
 #include <stddef.h>
@@ -60,9 +62,7 @@ double proc_others_end(struct others *o, int root);
 double proc_self_cpu(void);
 
 /* ---- util.c ---- */
-double now_mono(void);      /* CLOCK_MONOTONIC, seconds */
-uint64_t now_mono_ns(void);
-double now_epoch(void);     /* CLOCK_REALTIME, seconds */
+uint64_t now_mono_ns(void); /* CLOCK_MONOTONIC, nanoseconds (the seconds: core/clock.h) */
 /* Raise the open-file soft limit to the hard limit; returns the limit. */
 long raise_fd_limit(void);
 /* Find "key" in a JSON text and return a pointer to its value (after the

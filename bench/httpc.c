@@ -60,7 +60,7 @@ static void send_request(struct client *c)
 			"{\"provider_data\":{\"worker_name\":\"load-%d-%llu\","
 			"\"assignment_id\":\"A%d\",\"hit_id\":\"H%d\"},"
 			"\"client_timestamp\":%.3f}",
-			c->idx, (unsigned long long)c->nreq, c->idx, c->idx, now_epoch());
+			c->idx, (unsigned long long)c->nreq, c->idx, c->idx, clock_epoch());
 	hlen = snprintf(head, sizeof head,
 			"POST /request_agent HTTP/1.1\r\nHost: %s\r\n"
 			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n",

@@ -173,7 +173,7 @@ static void fail(const char *fmt, ...)
 static void set_phase(enum phase p)
 {
 	R.phase = p;
-	R.phase_at = now_mono();
+	R.phase_at = clock_monotonic();
 }
 
 static char *put_u64(char *p, uint64_t v)
@@ -201,11 +201,11 @@ static char *put_str(char *p, const char *s, size_t n)
 /* Epoch seconds with milliseconds, refreshed at most once per ms. */
 static const char *timestamp(void)
 {
-	double t = now_mono();
+	double t = clock_monotonic();
 
 	if (t - R.ts_at >= 0.001) {
 		R.ts_at = t;
-		snprintf(R.ts, sizeof R.ts, "%.3f", now_epoch());
+		snprintf(R.ts, sizeof R.ts, "%.3f", clock_epoch());
 	}
 	return R.ts;
 }
@@ -397,7 +397,7 @@ static void agent_attached(struct agent *a)
 	R.attached++;
 	R.connecting--;
 	if (R.attached + R.failed == R.n)
-		R.attach_end = now_mono();
+		R.attach_end = clock_monotonic();
 	connect_more();
 }
 
@@ -447,7 +447,7 @@ static void agent_message(struct wsc *ws, const char *msg, size_t len)
 			a->hb_count--;
 			R.hb_answered++;
 			if (R.measuring)
-				hist_add(&R.lat, (uint64_t)((now_mono() - sent) * 1e9));
+				hist_add(&R.lat, (uint64_t)((clock_monotonic() - sent) * 1e9));
 		}
 		return;
 	default:
@@ -485,7 +485,7 @@ static void agent_writable(struct wsc *ws)
 			a->hb_count--;
 			R.hb_late++;
 		}
-		a->hb_sent[(a->hb_head + a->hb_count) % HB_RING] = now_mono();
+		a->hb_sent[(a->hb_head + a->hb_count) % HB_RING] = clock_monotonic();
 		a->hb_count++;
 		R.hb_sent++;
 		send_simple(ws, "heartbeat", subject, "{}", "client_timestamp");
@@ -502,7 +502,7 @@ static void agent_close(struct wsc *ws, int was_open)
 		R.failed++;
 		R.connecting--;
 		if (R.attached + R.failed == R.n)
-			R.attach_end = now_mono();
+			R.attach_end = clock_monotonic();
 		connect_more();
 	}
 	a->attached = 0;
@@ -642,7 +642,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 
 static void fast_cb(evutil_socket_t fd, short what, void *arg)
 {
-	double t = now_mono();
+	double t = clock_monotonic();
 
 	(void)fd;
 	(void)what;
@@ -775,7 +775,7 @@ static int slices_all(int done)
 
 static void start_attach(void)
 {
-	R.attach_start = now_mono();
+	R.attach_start = clock_monotonic();
 	set_phase(PH_ATTACH);
 	if (R.n == 0) {
 		R.attach_end = R.attach_start;
@@ -786,14 +786,14 @@ static void start_attach(void)
 
 static void start_heartbeats(void)
 {
-	R.hb_start = now_mono();
+	R.hb_start = clock_monotonic();
 	R.hb_done = 0;
 	R.hb_running = 1;
 }
 
 static void start_traffic(void)
 {
-	R.run_start = now_mono();
+	R.run_start = clock_monotonic();
 	set_phase(PH_RUN);
 	R.last_fill = R.run_start;
 	switch (R.kind) {
@@ -835,7 +835,7 @@ static void start_traffic(void)
 static void start_measure(void)
 {
 	R.measuring = 1;
-	R.m_start = now_mono();
+	R.m_start = clock_monotonic();
 	R.m_got0 = R.m_got1 = 0;
 	hist_reset(&R.lat);
 	R.http.measuring = 1;
@@ -850,7 +850,7 @@ static void stop_measure(void)
 {
 	R.measuring = 0;
 	R.http.measuring = 0;
-	R.m_end = now_mono();
+	R.m_end = clock_monotonic();
 	proc_sample(R.o->pid, &R.cpu1);
 	R.others_cpu = proc_others_end(&R.others, R.o->pid);
 	R.self_cpu1 = proc_self_cpu();
@@ -894,7 +894,7 @@ static void churn_next_round(void);
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
-	double t = now_mono();
+	double t = clock_monotonic();
 
 	(void)fd;
 	(void)what;
@@ -1080,7 +1080,7 @@ static int run_once(struct load_opts *o, enum kind kind, const char *host, int p
 	R.id_base = id_base;
 	R.n = n;
 	R.rate_mode = o->rate > 0;
-	R.started = now_mono();
+	R.started = clock_monotonic();
 	budget = 15 + o->connect_timeout + o->warmup + o->duration + o->drain + 10;
 	if (kind == K_CHURN)
 		budget = 15 + o->rounds * (o->connect_timeout + 30 + o->drain) + 10;
@@ -1507,7 +1507,7 @@ static int fork_slices(struct load_opts *o)
 
 static void reap_slices(void)
 {
-	double until = now_mono() + 10;
+	double until = clock_monotonic() + 10;
 
 	for (int i = 0; i < R.nslices; i++) {
 		struct slice *s = &R.slices[i];
@@ -1518,7 +1518,7 @@ static void reap_slices(void)
 		if (s->wfd >= 0)
 			close(s->wfd);
 		while (waitpid(s->pid, &status, WNOHANG) == 0) {
-			if (now_mono() > until) {
+			if (clock_monotonic() > until) {
 				kill(s->pid, SIGKILL);
 				waitpid(s->pid, &status, 0);
 				break;

@@ -124,7 +124,7 @@ void proc_sample(int pid, struct proc_sample *s)
 	struct sample_walk w = { s, pid };
 
 	memset(s, 0, sizeof *s);
-	s->at = now_mono();
+	s->at = clock_monotonic();
 	if (pid <= 0 || read_stat(pid, &f) < 0)
 		return;
 	s->ok = 1;
@@ -198,7 +198,7 @@ void proc_others_begin(struct others *o, int root)
 	struct others_walk w = { o, root, 0 };
 
 	memset(o, 0, sizeof *o);
-	o->at = now_mono();
+	o->at = clock_monotonic();
 	for_each_proc(remember_other, &w);
 	if (o->entries != NULL)
 		qsort(o->entries, (size_t)o->n, sizeof *o->entries, cmp_int);

@@ -5,14 +5,18 @@
  * call it, so the fuzzed code is the served code. */
 #include "worker.h"
 
-/* The reasons whose handlers use the connection's session. */
-static int needs_session(enum lws_callback_reasons reason)
+enum handler { NONE, WS, HTTP };
+
+/* Which of ws.c and http.c handles a reason, if either. */
+static enum handler handler_of(enum lws_callback_reasons reason)
 {
 	switch (reason) {
 	case LWS_CALLBACK_ESTABLISHED:
 	case LWS_CALLBACK_RECEIVE:
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 	case LWS_CALLBACK_CLOSED:
+		return WS;
+	case LWS_CALLBACK_ADD_HEADERS: /* the WebSocket upgrade answer */
 	case LWS_CALLBACK_HTTP:
 	case LWS_CALLBACK_HTTP_BODY:
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
@@ -21,9 +25,9 @@ static int needs_session(enum lws_callback_reasons reason)
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 	case LWS_CALLBACK_TIMER:
-		return 1;
+		return HTTP;
 	default:
-		return 0;
+		return NONE;
 	}
 }
 
@@ -31,8 +35,10 @@ int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		    void *in, size_t len, int guard_lws_bugs)
 {
 	struct session *s = user;
+	enum handler h = handler_of(reason);
 
-	if (s == NULL && needs_session(reason))
+	/* every handled reason but the upgrade's headers uses the session */
+	if (s == NULL && h != NONE && reason != LWS_CALLBACK_ADD_HEADERS)
 		/* lws calls back for connections that never reached our
 		 * protocol and so have no session: one that sent nothing
 		 * before its timeout, a malformed request, an unknown method.
@@ -58,25 +64,10 @@ int worker_dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	if (guard_lws_bugs && reason == LWS_CALLBACK_HTTP_BODY_COMPLETION && s != NULL &&
 	    ++s->body_completions > 1)
 		return -1;
-	switch (reason) {
-	case LWS_CALLBACK_ESTABLISHED:
-	case LWS_CALLBACK_RECEIVE:
-	case LWS_CALLBACK_SERVER_WRITEABLE:
-	case LWS_CALLBACK_CLOSED:
+	if (h == WS)
 		return ws_callback(wsi, reason, s, in, len);
-	case LWS_CALLBACK_ADD_HEADERS: /* the WebSocket upgrade answer */
-	case LWS_CALLBACK_HTTP:
-	case LWS_CALLBACK_HTTP_BODY:
-	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-	case LWS_CALLBACK_HTTP_WRITEABLE:
-	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
-	case LWS_CALLBACK_CLOSED_HTTP:
-	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-	case LWS_CALLBACK_TIMER:
+	if (h == HTTP)
 		return http_callback(wsi, reason, s, in, len);
-	default:
-		break;
-	}
 	/* Unhandled reasons must reach the dummy handler (LWS-NOTES trap 2). */
 	return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
