@@ -296,8 +296,10 @@ def refactor_section(path):
              "interleaved run by run, {}:".format(notes.get("load", "?"),
                                                   notes.get("runs", "?"),
                                                   notes.get("date", "?")))
-    L += ["", "```", "PROGRESS_RESULTS=build/bench/refactor.txt bench/progress.sh " +
-          " ".join(c for c, _ in commits), "```", ""]
+    L += ["", "```", "BENCH_RUNS={} PROGRESS_RESULTS=build/bench/refactor.txt "
+          "bench/progress.sh {}".format(notes.get("runs", "3"),
+                                        " ".join(c for c, _ in commits)),
+          "```", ""]
     L.append("| commit | its message | up 100 x 50, packets/s | down 100 x 50, packets/s "
              "| up 100 x 1, p50 ms | register, requests/s |")
     L.append("|---|---|---|---|---|---|")
